@@ -1,0 +1,336 @@
+"""The Wan2.1 DiT in Flax Linen: one module family for the bidirectional and the causal model.
+
+Spec: architecture.md §2 (WanModel) and §3 (CausalWanModel). Both reference classes share their
+parameters; they differ only in the timestep layout and the attention mask. Here timesteps are
+always per frame `[B, F]` (a bidirectional call repeats one value per sample, which gives the
+reference's modulation exactly) and the mask is chosen by `Layout`:
+
+    bidirectional    full attention                         (WanModel: teacher, real/fake score)
+    block_causal     block-causal over frames               (CausalWanModel, diffusion forcing)
+    + clean_x        teacher forcing: [clean ; noisy] tokens (CausalWanModel, stage 1/2 training)
+
+Latents are channels-last `[B, F, H, W, C]`. Blocks are scanned (`nn.scan`), parameters stacked
+`[layers, ...]`, every parameter and the main activations carry logical axis names.
+"""
+import dataclasses
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cf_jax.models import attention
+from cf_jax.models import embeddings
+from cf_jax.models.config import WanConfig
+
+RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Which attention pattern a forward uses (static)."""
+
+  causal: bool = False
+  frames_per_block: int = 1  # K: 1 frame-wise, 3 chunk-wise
+  local_attn_frames: int = -1
+
+  @classmethod
+  def bidirectional(cls) -> "Layout":
+    return cls()
+
+  @classmethod
+  def block_causal(cls, frames_per_block: int, local_attn_frames: int = -1) -> "Layout":
+    return cls(True, frames_per_block, local_attn_frames)
+
+  def mask(self, num_frames: int, tokens_per_frame: int, teacher_forcing: bool):
+    if not self.causal:
+      if teacher_forcing:
+        raise ValueError("teacher forcing (clean_x) needs a block-causal layout")
+      return None
+    if teacher_forcing:
+      # As in the reference, the teacher-forcing mask has no local window: a model trained with
+      # the full history may still be sampled with a rolling window.
+      return attention.BlockMask("teacher_forcing", num_frames, tokens_per_frame, self.frames_per_block)
+    return attention.BlockMask(
+        "block_causal", num_frames, tokens_per_frame, self.frames_per_block, self.local_attn_frames
+    )
+
+
+def _param(names: tuple[str | None, ...], init=nn.initializers.lecun_normal()):
+  return nn.with_logical_partitioning(init, names)
+
+
+def _dense(features: int, names: tuple[str | None, str | None], module: "Any", name: str):
+  return nn.Dense(
+      features,
+      dtype=module.dtype,
+      param_dtype=module.param_dtype,
+      kernel_init=_param(names),
+      bias_init=_param((names[1],), nn.initializers.zeros),
+      name=name,
+  )
+
+
+class RMSNorm(nn.Module):
+  """x · rsqrt(mean(x²) + eps) with float32 statistics, cast back, then a learned scale."""
+
+  eps: float
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", _param(("heads",), nn.initializers.ones), (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = (x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)).astype(x.dtype)
+    return normed * scale.astype(x.dtype)
+
+
+def layer_norm(x, eps: float):
+  """Non-affine LayerNorm over the last axis, float32 statistics, output in x's dtype."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class AffineLayerNorm(nn.Module):
+  """LayerNorm with weight and bias (`norm3`, before cross-attention)."""
+
+  eps: float
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dim = x.shape[-1]
+    scale = self.param("scale", _param(("embed",), nn.initializers.ones), (dim,), self.param_dtype)
+    bias = self.param("bias", _param(("embed",), nn.initializers.zeros), (dim,), self.param_dtype)
+    return layer_norm(x, self.eps) * scale.astype(x.dtype) + bias.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head attention with qk RMSNorm over all heads; RoPE only when cos/sin are given."""
+
+  config: WanConfig
+  dtype: Any
+  param_dtype: Any
+  backend: attention.Backend
+
+  @nn.compact
+  def __call__(
+      self,
+      x: jax.Array,  # [B, Lq, D]
+      context: jax.Array,  # [B, Lk, D] (x itself for self-attention)
+      mask: attention.BlockMask | None,
+      rope: tuple[jax.Array, jax.Array] | None,  # 2 × [Lq, Dh/2], self-attention only
+  ) -> jax.Array:  # [B, Lq, D]
+    cfg = self.config
+    heads = (cfg.num_heads, cfg.head_dim)
+    q = _dense(cfg.dim, ("embed", "heads"), self, "q")(x)  # [B, Lq, D]
+    k = _dense(cfg.dim, ("embed", "heads"), self, "k")(context)  # [B, Lk, D]
+    v = _dense(cfg.dim, ("embed", "heads"), self, "v")(context)  # [B, Lk, D]
+    if cfg.qk_norm:
+      q = RMSNorm(cfg.eps, self.param_dtype, name="norm_q")(q)
+      k = RMSNorm(cfg.eps, self.param_dtype, name="norm_k")(k)
+    q = q.reshape(*q.shape[:2], *heads)  # [B, Lq, H, Dh]
+    k = k.reshape(*k.shape[:2], *heads)  # [B, Lk, H, Dh]
+    v = v.reshape(*v.shape[:2], *heads)  # [B, Lk, H, Dh]
+    if rope is not None:
+      q = embeddings.apply_rope(q, *rope)
+      k = embeddings.apply_rope(k, *rope)
+    out = attention.attend(q, k, v, mask, self.backend)  # [B, Lq, H, Dh]
+    out = out.reshape(*out.shape[:2], cfg.dim)
+    return _dense(cfg.dim, ("heads", "embed"), self, "o")(out)
+
+
+class WanBlock(nn.Module):
+  """One DiT block: modulated self-attention, cross-attention to text, modulated FFN (§2.7)."""
+
+  config: WanConfig
+  dtype: Any
+  param_dtype: Any
+  backend: attention.Backend
+  mask: attention.BlockMask | None
+
+  @nn.compact
+  def __call__(
+      self,
+      x: jax.Array,  # [B, F·S, D]
+      e0: jax.Array,  # [B, F, 6, D] per-frame time modulation
+      context: jax.Array,  # [B, Lt, D]
+      rope: tuple[jax.Array, jax.Array],  # 2 × [F·S, Dh/2]
+  ):
+    cfg = self.config
+    modulation = self.param(
+        "modulation",
+        _param((None, "embed"), nn.initializers.normal(cfg.dim**-0.5)),
+        (6, cfg.dim),
+        self.param_dtype,
+    )
+    m = (modulation.astype(self.dtype) + e0)[:, :, :, None, :]  # [B, F, 6, 1, D]
+    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (m[:, :, i] for i in range(6))
+    b, f = e0.shape[:2]
+
+    def per_frame(h):  # [B, F·S, D] -> [B, F, S, D]
+      return h.reshape(b, f, -1, cfg.dim)
+
+    def flat(h):
+      return h.reshape(b, -1, cfg.dim)
+
+    attn_kwargs = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype, backend=self.backend)
+    a = flat(per_frame(layer_norm(x, cfg.eps)) * (1 + scale_sa) + shift_sa)
+    y = Attention(**attn_kwargs, name="self_attn")(a, a, self.mask, rope)
+    x = x + flat(per_frame(y) * gate_sa)
+
+    c = AffineLayerNorm(cfg.eps, self.param_dtype, name="norm3")(x) if cfg.cross_attn_norm else x
+    x = x + Attention(**attn_kwargs, name="cross_attn")(c, context, None, None)
+
+    h = flat(per_frame(layer_norm(x, cfg.eps)) * (1 + scale_ff) + shift_ff)
+    h = _dense(cfg.ffn_dim, ("embed", "mlp"), self, "ffn_0")(h)
+    h = nn.gelu(h, approximate=True)
+    h = _dense(cfg.dim, ("mlp", "embed"), self, "ffn_1")(h)
+    x = x + flat(per_frame(h) * gate_ff)
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
+
+
+class WanModel(nn.Module):
+  """Wan2.1 DiT. Output: the flow (velocity ≈ noise − x0) prediction, same shape as `x`.
+
+  Attributes:
+    config: the architecture.
+    dtype: compute dtype (bfloat16 for training and sampling at scale).
+    param_dtype: parameter dtype (float32 master weights).
+    remat_policy: activation checkpointing of each block: 'none', 'full', 'dots' or
+      'dots_no_batch' (save matmul outputs without batch dims).
+    attention_backend: 'xla', 'splash' or 'cudnn' (see `cf_jax.models.attention`).
+  """
+
+  config: WanConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat_policy: RematPolicy = "none"
+  attention_backend: attention.Backend = "xla"
+
+  @nn.compact
+  def __call__(
+      self,
+      x: jax.Array,  # [B, F, H, W, C_in] noisy latents
+      t: jax.Array,  # [B, F] timestep of each latent frame (0..1000 scale), or [B]
+      context: jax.Array,  # [B, Lt ≤ text_len, text_dim] text embeddings
+      layout: Layout = Layout(),
+      clean_x: jax.Array | None = None,  # [B, F, H, W, C_in] teacher-forcing context
+      aug_t: jax.Array | None = None,  # [B, F] timestep of the clean context (default 0)
+  ) -> jax.Array:  # [B, F, H, W, C_out]
+    cfg = self.config
+    b, f, height, width, _ = x.shape
+    t = jnp.broadcast_to(t[:, None], (b, f)) if t.ndim == 1 else t
+    _check_shapes(cfg, x, t, context, clean_x)
+    _, ph, pw = cfg.patch_size
+    h, w = height // ph, width // pw
+    s = cfg.tokens_per_frame(height, width)
+
+    frame_positions = jnp.arange(f)
+    if clean_x is not None:
+      # Teacher forcing: [clean ; noisy] frames, the clean half modulated by aug_t (default 0)
+      # and given the same RoPE positions as the noisy half.
+      aug_t = jnp.zeros_like(t) if aug_t is None else aug_t
+      x, t = jnp.concatenate([clean_x, x], axis=1), jnp.concatenate([aug_t, t], axis=1)
+      frame_positions = jnp.concatenate([frame_positions, frame_positions])
+    tokens = _dense(cfg.dim, ("patch", "embed"), self, "patch_embedding")(_patchify(x, cfg))  # [B, F'·S, D]
+    e = self._time_embedding(t)  # [B, F', D]
+    e0 = self._time_projection(e)  # [B, F', 6, D]
+    tokens = nn.with_logical_constraint(tokens.astype(self.dtype), ("batch", "length", "act_embed"))
+    mask = layout.mask(f, s, teacher_forcing=clean_x is not None)
+    rope = embeddings.rope_cos_sin(frame_positions, h, w, cfg.head_dim)
+    context = self._text_embedding(context)  # [B, text_len, D]
+
+    tokens = self._blocks(mask)(tokens, e0, context, rope)[0]
+    # Teacher forcing: only the noisy half goes through the head.
+    return _unpatchify(self._head(tokens[:, -f * s :], e[:, -f:]), cfg, f, h, w)
+
+  def _time_embedding(self, t):  # [B, F] -> [B, F, D]
+    cfg = self.config
+    sinusoid = embeddings.timestep_embedding(t, cfg.freq_dim).astype(self.dtype)
+    e = _dense(cfg.dim, ("freq", "embed"), self, "time_embedding_0")(sinusoid)
+    return _dense(cfg.dim, ("embed", "embed_out"), self, "time_embedding_1")(nn.silu(e))
+
+  def _time_projection(self, e):  # [B, F, D] -> [B, F, 6, D]
+    cfg = self.config
+    e0 = _dense(6 * cfg.dim, ("embed", "modulation"), self, "time_projection")(nn.silu(e))
+    return e0.reshape(*e.shape[:2], 6, cfg.dim)
+
+  def _text_embedding(self, context):  # [B, Lt, text_dim] -> [B, text_len, D]
+    cfg = self.config
+    # Rows past the prompt are zero (as the text encoder pads) and still attended, like the reference.
+    context = jnp.pad(context, ((0, 0), (0, cfg.text_len - context.shape[1]), (0, 0)))
+    c = _dense(cfg.dim, ("text_embed", "embed"), self, "text_embedding_0")(context.astype(self.dtype))
+    c = _dense(cfg.dim, ("embed", "embed_out"), self, "text_embedding_1")(nn.gelu(c, approximate=True))
+    return nn.with_logical_constraint(c, ("batch", "text_length", "act_embed"))
+
+  def _blocks(self, mask):
+    block = WanBlock
+    if self.remat_policy != "none":
+      if self.remat_policy not in _REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {self.remat_policy!r}; choose none or {list(_REMAT_POLICIES)}")
+      block = nn.remat(block, policy=_REMAT_POLICIES[self.remat_policy], prevent_cse=False)
+    scanned = nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        length=self.config.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return scanned(
+        self.config, self.dtype, self.param_dtype, self.attention_backend, mask, name="blocks"
+    )
+
+  def _head(self, x, e):  # x [B, F·S, D], e [B, F, D] -> [B, F, S, pt·ph·pw·C_out]
+    cfg = self.config
+    modulation = self.param(
+        "head_modulation",
+        _param((None, "embed"), nn.initializers.normal(cfg.dim**-0.5)),
+        (2, cfg.dim),
+        self.param_dtype,
+    )
+    m = modulation.astype(self.dtype)[None, None] + e[:, :, None, :]  # [B, F, 2, D]
+    shift, scale = m[:, :, 0:1], m[:, :, 1:2]  # [B, F, 1, D]
+    b, f = e.shape[:2]
+    x = layer_norm(x, cfg.eps).reshape(b, f, -1, cfg.dim) * (1 + scale) + shift
+    pt, ph, pw = cfg.patch_size
+    return _dense(pt * ph * pw * cfg.out_dim, ("embed", "patch_out"), self, "head")(x)
+
+
+def _check_shapes(cfg: WanConfig, x, t, context, clean_x):
+  if x.ndim != 5 or x.shape[-1] != cfg.in_dim:
+    raise ValueError(f"latents must be [B, F, H, W, {cfg.in_dim}], got {x.shape}")
+  if t.shape != x.shape[:2]:
+    raise ValueError(f"timesteps must be [B, F] = {x.shape[:2]}, got {t.shape}")
+  if context.ndim != 3 or context.shape[-1] != cfg.text_dim or context.shape[1] > cfg.text_len:
+    raise ValueError(
+        f"text embeddings must be [B, ≤{cfg.text_len}, {cfg.text_dim}], got {context.shape}"
+    )
+  if clean_x is not None and clean_x.shape != x.shape:
+    raise ValueError(f"clean_x {clean_x.shape} must match the noisy latents {x.shape}")
+
+
+def _patchify(x, cfg: WanConfig):
+  """[B, F, H, W, C] -> [B, F·h·w, C·pt·ph·pw], each patch flattened channel-slowest like the
+  reference's Conv3d weight [D, C, pt, ph, pw]."""
+  b, f, height, width, c = x.shape
+  _, ph, pw = cfg.patch_size
+  x = x.reshape(b, f, height // ph, ph, width // pw, pw, c)
+  x = x.transpose(0, 1, 2, 4, 6, 3, 5)  # [B, F, h, w, C, ph, pw]
+  return x.reshape(b, -1, c * ph * pw)
+
+
+def _unpatchify(x, cfg: WanConfig, f: int, h: int, w: int):
+  """[B, F, h·w, ph·pw·C] (channel-fastest, as the reference head) -> [B, F, H, W, C]."""
+  _, ph, pw = cfg.patch_size
+  b = x.shape[0]
+  x = x.reshape(b, f, h, w, ph, pw, cfg.out_dim).transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, f, h * ph, w * pw, cfg.out_dim)

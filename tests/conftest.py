@@ -1,0 +1,31 @@
+"""Test set-up: CPU only, a fake 8-device mesh, fp32 matmuls.
+
+XLA reads its flags once, when JAX starts, so they are set here before anything imports jax.
+"""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+  return FIXTURES
+
+
+def load_fixture(name: str) -> dict[str, np.ndarray]:
+  """The arrays of `tests/fixtures/<name>.npz`, loaded eagerly."""
+  with np.load(FIXTURES / f"{name}.npz") as data:
+    return {k: data[k] for k in data.files}
