@@ -138,7 +138,25 @@ def attend(
   raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
 
 
-def _attend_xla(q, k, v, mask: BlockMask | None):
+def attend_prefix(
+    q: jax.Array,  # [B, Lq, H, Dh]
+    k: jax.Array,  # [B, Lk, H, Dh] e.g. a KV cache
+    v: jax.Array,  # [B, Lk, H, Dh]
+    kv_len: jax.Array,  # [] int: every query sees keys [0, kv_len)
+    backend: Backend = "xla",
+) -> jax.Array:  # [B, Lq, H, Dh]
+  """Attention of one block's queries to the filled part of a KV cache (no mask within it)."""
+  if backend == "cudnn":
+    lengths = jnp.full((q.shape[0],), kv_len, jnp.int32)
+    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
+  if backend == "splash":
+    from cf_jax.models import splash
+
+    return splash.attend_splash_prefix(q, k, v, kv_len)
+  return _attend_xla(q, k, v, None, kv_len)
+
+
+def _attend_xla(q, k, v, mask: BlockMask | None, kv_len: jax.Array | None = None):
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None and mask.kind != "bidirectional":
@@ -147,6 +165,9 @@ def _attend_xla(q, k, v, mask: BlockMask | None):
         jax.lax.broadcasted_iota(jnp.int32, logits.shape[-2:], 1),
     )
     logits = jnp.where(dense, logits, jnp.finfo(jnp.float32).min)
+  if kv_len is not None:
+    visible = jax.lax.broadcasted_iota(jnp.int32, logits.shape[-1:], 0) < kv_len
+    logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 

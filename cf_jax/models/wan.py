@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from cf_jax.models import attention
 from cf_jax.models import embeddings
 from cf_jax.models.config import WanConfig
+from cf_jax.models.kv_cache import KVCache
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 _REMAT_POLICIES = {
@@ -65,7 +66,7 @@ def _param(names: tuple[str | None, ...], init=nn.initializers.lecun_normal()):
   return nn.with_logical_partitioning(init, names)
 
 
-def _dense(features: int, names: tuple[str | None, str | None], module: "Any", name: str):
+def _dense(features: int, names: tuple[str | None, str | None], module: "Any", name: str | None = None):
   return nn.Dense(
       features,
       dtype=module.dtype,
@@ -113,42 +114,48 @@ class AffineLayerNorm(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head attention with qk RMSNorm over all heads; RoPE only when cos/sin are given."""
+  """Projections of multi-head attention with qk RMSNorm over all heads (§2.8).
+
+  Split into methods so the caller decides where keys/values come from: the same tokens, the
+  text, a KV cache, or a per-prompt cross-attention cache.
+  """
 
   config: WanConfig
   dtype: Any
   param_dtype: Any
-  backend: attention.Backend
 
-  @nn.compact
-  def __call__(
-      self,
-      x: jax.Array,  # [B, Lq, D]
-      context: jax.Array,  # [B, Lk, D] (x itself for self-attention)
-      mask: attention.BlockMask | None,
-      rope: tuple[jax.Array, jax.Array] | None,  # 2 × [Lq, Dh/2], self-attention only
-  ) -> jax.Array:  # [B, Lq, D]
+  def setup(self):
     cfg = self.config
-    heads = (cfg.num_heads, cfg.head_dim)
-    q = _dense(cfg.dim, ("embed", "heads"), self, "q")(x)  # [B, Lq, D]
-    k = _dense(cfg.dim, ("embed", "heads"), self, "k")(context)  # [B, Lk, D]
-    v = _dense(cfg.dim, ("embed", "heads"), self, "v")(context)  # [B, Lk, D]
+    self.q = _dense(cfg.dim, ("embed", "heads"), self)
+    self.k = _dense(cfg.dim, ("embed", "heads"), self)
+    self.v = _dense(cfg.dim, ("embed", "heads"), self)
+    self.o = _dense(cfg.dim, ("heads", "embed"), self)
     if cfg.qk_norm:
-      q = RMSNorm(cfg.eps, self.param_dtype, name="norm_q")(q)
-      k = RMSNorm(cfg.eps, self.param_dtype, name="norm_k")(k)
-    q = q.reshape(*q.shape[:2], *heads)  # [B, Lq, H, Dh]
-    k = k.reshape(*k.shape[:2], *heads)  # [B, Lk, H, Dh]
-    v = v.reshape(*v.shape[:2], *heads)  # [B, Lk, H, Dh]
-    if rope is not None:
-      q = embeddings.apply_rope(q, *rope)
-      k = embeddings.apply_rope(k, *rope)
-    out = attention.attend(q, k, v, mask, self.backend)  # [B, Lq, H, Dh]
-    out = out.reshape(*out.shape[:2], cfg.dim)
-    return _dense(cfg.dim, ("heads", "embed"), self, "o")(out)
+      self.norm_q = RMSNorm(cfg.eps, self.param_dtype)
+      self.norm_k = RMSNorm(cfg.eps, self.param_dtype)
+
+  def _heads(self, x):  # [B, L, D] -> [B, L, H, Dh]
+    return x.reshape(*x.shape[:2], self.config.num_heads, self.config.head_dim)
+
+  def project_q(self, x):  # [B, Lq, D] -> [B, Lq, H, Dh]
+    q = self.q(x)
+    return self._heads(self.norm_q(q) if self.config.qk_norm else q)
+
+  def project_kv(self, x):  # [B, Lk, D] -> 2 × [B, Lk, H, Dh]
+    k = self.k(x)
+    return self._heads(self.norm_k(k) if self.config.qk_norm else k), self._heads(self.v(x))
+
+  def project_out(self, out):  # [B, Lq, H, Dh] -> [B, Lq, D]
+    return self.o(out.reshape(*out.shape[:2], self.config.dim))
 
 
 class WanBlock(nn.Module):
-  """One DiT block: modulated self-attention, cross-attention to text, modulated FFN (§2.7)."""
+  """One DiT block: modulated self-attention, cross-attention to text, modulated FFN (§2.7).
+
+  With `cache` (one layer's slice of a `KVCache`), the block's keys/values are written into the
+  cache rows `cache_rows` and its queries attend to the first `cache_len` cached rows; the
+  cross-attention reads the cached text keys/values. It then also returns the updated (k, v).
+  """
 
   config: WanConfig
   dtype: Any
@@ -161,8 +168,11 @@ class WanBlock(nn.Module):
       self,
       x: jax.Array,  # [B, F·S, D]
       e0: jax.Array,  # [B, F, 6, D] per-frame time modulation
-      context: jax.Array,  # [B, Lt, D]
+      context: jax.Array | None,  # [B, Lt, D] embedded text (None with a cache)
       rope: tuple[jax.Array, jax.Array],  # 2 × [F·S, Dh/2]
+      cache: dict[str, jax.Array] | None = None,  # k, v [B, C·S, H, Dh]; cross_k, cross_v [B, Lt, H, Dh]
+      cache_rows: jax.Array | None = None,  # [F·S] int32
+      cache_len: jax.Array | None = None,  # [] int32
   ):
     cfg = self.config
     modulation = self.param(
@@ -181,20 +191,84 @@ class WanBlock(nn.Module):
     def flat(h):
       return h.reshape(b, -1, cfg.dim)
 
-    attn_kwargs = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype, backend=self.backend)
+    self_attn = Attention(cfg, self.dtype, self.param_dtype, name="self_attn")
     a = flat(per_frame(layer_norm(x, cfg.eps)) * (1 + scale_sa) + shift_sa)
-    y = Attention(**attn_kwargs, name="self_attn")(a, a, self.mask, rope)
-    x = x + flat(per_frame(y) * gate_sa)
+    q = embeddings.apply_rope(self_attn.project_q(a), *rope)  # [B, F·S, H, Dh]
+    k, v = self_attn.project_kv(a)
+    k = embeddings.apply_rope(k, *rope)
+    if cache is None:
+      y = attention.attend(q, k, v, self.mask, self.backend)
+      new_kv = None
+    else:
+      new_kv = (cache["k"].at[:, cache_rows].set(k), cache["v"].at[:, cache_rows].set(v))
+      y = attention.attend_prefix(q, *new_kv, cache_len, self.backend)
+    x = x + flat(per_frame(self_attn.project_out(y)) * gate_sa)
 
+    cross_attn = Attention(cfg, self.dtype, self.param_dtype, name="cross_attn")
     c = AffineLayerNorm(cfg.eps, self.param_dtype, name="norm3")(x) if cfg.cross_attn_norm else x
-    x = x + Attention(**attn_kwargs, name="cross_attn")(c, context, None, None)
+    text_kv = cross_attn.project_kv(context) if cache is None else (cache["cross_k"], cache["cross_v"])
+    x = x + cross_attn.project_out(attention.attend(cross_attn.project_q(c), *text_kv, None, self.backend))
 
     h = flat(per_frame(layer_norm(x, cfg.eps)) * (1 + scale_ff) + shift_ff)
     h = _dense(cfg.ffn_dim, ("embed", "mlp"), self, "ffn_0")(h)
     h = nn.gelu(h, approximate=True)
     h = _dense(cfg.dim, ("mlp", "embed"), self, "ffn_1")(h)
     x = x + flat(per_frame(h) * gate_ff)
-    return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), new_kv
+
+
+class TextEmbedding(nn.Module):
+  """Text MLP: Linear(text_dim → D), GELU-tanh, Linear(D → D), over all text_len rows."""
+
+  config: WanConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, context):  # [B, Lt ≤ text_len, text_dim] -> [B, text_len, D]
+    cfg = self.config
+    # Rows past the prompt are zero (as the text encoder pads) and still attended, like the reference.
+    context = jnp.pad(context, ((0, 0), (0, cfg.text_len - context.shape[1]), (0, 0)))
+    c = _dense(cfg.dim, ("text_embed", "embed"), self, "fc1")(context.astype(self.dtype))
+    c = _dense(cfg.dim, ("embed", "embed_out"), self, "fc2")(nn.gelu(c, approximate=True))
+    return nn.with_logical_constraint(c, ("batch", "text_length", "act_embed"))
+
+
+class _CrossKV(nn.Module):
+  """One layer's cross-attention keys/values; scanned under the name `blocks` so it reads the
+  `blocks/cross_attn` parameters of a `WanModel`."""
+
+  config: WanConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, context, _):
+    return context, Attention(self.config, self.dtype, self.param_dtype, name="cross_attn").project_kv(context)
+
+
+class WanTextCache(nn.Module):
+  """Cross-attention keys/values of every layer for one prompt: `[L, B, text_len, H, Dh]` × 2.
+
+  Applied with a `WanModel`'s params (it uses the text MLP and the cross-attention k/v/norm_k
+  weights), once per prompt, to fill `KVCache.cross_k/cross_v`.
+  """
+
+  config: WanConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, context):  # [B, Lt, text_dim]
+    context = TextEmbedding(self.config, self.dtype, self.param_dtype, name="text_embedding")(context)
+    scanned = nn.scan(
+        _CrossKV,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        length=self.config.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return scanned(self.config, self.dtype, self.param_dtype, name="blocks")(context, None)[1]
 
 
 class WanModel(nn.Module):
@@ -218,22 +292,31 @@ class WanModel(nn.Module):
   @nn.compact
   def __call__(
       self,
-      x: jax.Array,  # [B, F, H, W, C_in] noisy latents
+      x: jax.Array,  # [B, F, H, W, C_in] noisy latents (with a cache: the current block)
       t: jax.Array,  # [B, F] timestep of each latent frame (0..1000 scale), or [B]
-      context: jax.Array,  # [B, Lt ≤ text_len, text_dim] text embeddings
+      context: jax.Array | None,  # [B, Lt ≤ text_len, text_dim] text embeddings (None with a cache)
       layout: Layout = Layout(),
       clean_x: jax.Array | None = None,  # [B, F, H, W, C_in] teacher-forcing context
       aug_t: jax.Array | None = None,  # [B, F] timestep of the clean context (default 0)
-  ) -> jax.Array:  # [B, F, H, W, C_out]
+      kv_cache: KVCache | None = None,
+      start_frame: jax.Array | int = 0,  # with a cache: absolute index of the block's first frame
+  ):
+    """Returns the flow `[B, F, H, W, C_out]`; with `kv_cache`, `(flow, updated cache)`.
+
+    With a cache, `x` is one block of frames starting at `start_frame`: its keys/values are
+    written into the cache and it attends to every cached frame before it plus itself (the
+    layout is implied by the cache). `start_frame` may be traced, so one compiled call serves
+    every block of a video.
+    """
     cfg = self.config
     b, f, height, width, _ = x.shape
     t = jnp.broadcast_to(t[:, None], (b, f)) if t.ndim == 1 else t
-    _check_shapes(cfg, x, t, context, clean_x)
+    _check_shapes(cfg, x, t, context, clean_x, kv_cache)
     _, ph, pw = cfg.patch_size
     h, w = height // ph, width // pw
     s = cfg.tokens_per_frame(height, width)
 
-    frame_positions = jnp.arange(f)
+    frame_positions = start_frame + jnp.arange(f)
     if clean_x is not None:
       # Teacher forcing: [clean ; noisy] frames, the clean half modulated by aug_t (default 0)
       # and given the same RoPE positions as the noisy half.
@@ -241,16 +324,25 @@ class WanModel(nn.Module):
       x, t = jnp.concatenate([clean_x, x], axis=1), jnp.concatenate([aug_t, t], axis=1)
       frame_positions = jnp.concatenate([frame_positions, frame_positions])
     tokens = _dense(cfg.dim, ("patch", "embed"), self, "patch_embedding")(_patchify(x, cfg))  # [B, F'·S, D]
+    tokens = nn.with_logical_constraint(tokens.astype(self.dtype), ("batch", "length", "act_embed"))
     e = self._time_embedding(t)  # [B, F', D]
     e0 = self._time_projection(e)  # [B, F', 6, D]
-    tokens = nn.with_logical_constraint(tokens.astype(self.dtype), ("batch", "length", "act_embed"))
-    mask = layout.mask(f, s, teacher_forcing=clean_x is not None)
     rope = embeddings.rope_cos_sin(frame_positions, h, w, cfg.head_dim)
-    context = self._text_embedding(context)  # [B, text_len, D]
 
-    tokens = self._blocks(mask)(tokens, e0, context, rope)[0]
+    if kv_cache is None:
+      context = TextEmbedding(cfg, self.dtype, self.param_dtype, name="text_embedding")(context)
+      mask = layout.mask(f, s, teacher_forcing=clean_x is not None)
+      tokens = self._blocks(mask, cached=False)(tokens, e0, context, rope)[0]
+    else:
+      layers = {"k": kv_cache.k, "v": kv_cache.v, "cross_k": kv_cache.cross_k, "cross_v": kv_cache.cross_v}
+      rows = kv_cache.slot_rows(start_frame, f)
+      tokens, (new_k, new_v) = self._blocks(None, cached=True)(
+          tokens, e0, None, rope, layers, rows, kv_cache.valid_length(start_frame, f)
+      )
+      kv_cache = kv_cache.replace(k=new_k, v=new_v)
     # Teacher forcing: only the noisy half goes through the head.
-    return _unpatchify(self._head(tokens[:, -f * s :], e[:, -f:]), cfg, f, h, w)
+    flow = _unpatchify(self._head(tokens[:, -f * s :], e[:, -f:]), cfg, f, h, w)
+    return flow if kv_cache is None else (flow, kv_cache)
 
   def _time_embedding(self, t):  # [B, F] -> [B, F, D]
     cfg = self.config
@@ -263,15 +355,7 @@ class WanModel(nn.Module):
     e0 = _dense(6 * cfg.dim, ("embed", "modulation"), self, "time_projection")(nn.silu(e))
     return e0.reshape(*e.shape[:2], 6, cfg.dim)
 
-  def _text_embedding(self, context):  # [B, Lt, text_dim] -> [B, text_len, D]
-    cfg = self.config
-    # Rows past the prompt are zero (as the text encoder pads) and still attended, like the reference.
-    context = jnp.pad(context, ((0, 0), (0, cfg.text_len - context.shape[1]), (0, 0)))
-    c = _dense(cfg.dim, ("text_embed", "embed"), self, "text_embedding_0")(context.astype(self.dtype))
-    c = _dense(cfg.dim, ("embed", "embed_out"), self, "text_embedding_1")(nn.gelu(c, approximate=True))
-    return nn.with_logical_constraint(c, ("batch", "text_length", "act_embed"))
-
-  def _blocks(self, mask):
+  def _blocks(self, mask, cached: bool):
     block = WanBlock
     if self.remat_policy != "none":
       if self.remat_policy not in _REMAT_POLICIES:
@@ -281,7 +365,9 @@ class WanModel(nn.Module):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        # x is the carry; modulation, text and RoPE are shared by all layers; a cache is
+        # sliced per layer and comes back stacked.
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast) + ((0, nn.broadcast, nn.broadcast) if cached else ()),
         length=self.config.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
@@ -305,11 +391,20 @@ class WanModel(nn.Module):
     return _dense(pt * ph * pw * cfg.out_dim, ("embed", "patch_out"), self, "head")(x)
 
 
-def _check_shapes(cfg: WanConfig, x, t, context, clean_x):
+def _check_shapes(cfg: WanConfig, x, t, context, clean_x, kv_cache):
   if x.ndim != 5 or x.shape[-1] != cfg.in_dim:
     raise ValueError(f"latents must be [B, F, H, W, {cfg.in_dim}], got {x.shape}")
   if t.shape != x.shape[:2]:
     raise ValueError(f"timesteps must be [B, F] = {x.shape[:2]}, got {t.shape}")
+  if kv_cache is not None:
+    if clean_x is not None:
+      raise ValueError("teacher forcing (clean_x) and a KV cache are exclusive")
+    if kv_cache.tokens_per_frame != cfg.tokens_per_frame(*x.shape[2:4]):
+      raise ValueError(f"the KV cache holds {kv_cache.tokens_per_frame} tokens per frame, the latents give "
+                       f"{cfg.tokens_per_frame(*x.shape[2:4])}; build the cache for this resolution")
+    return
+  if context is None:
+    raise ValueError("text embeddings are required without a KV cache")
   if context.ndim != 3 or context.shape[-1] != cfg.text_dim or context.shape[1] > cfg.text_len:
     raise ValueError(
         f"text embeddings must be [B, ≤{cfg.text_len}, {cfg.text_dim}], got {context.shape}"

@@ -1,0 +1,72 @@
+"""Device mesh, logical-axis rules and sharding helpers.
+
+Every parameter and large activation carries logical axis names (`embed`, `heads`, `mlp`, ...);
+one table of rules maps them to the mesh axes `data`, `fsdp` and `tensor`. Nothing else in the
+project names a mesh axis, so changing the parallelism is changing the rules or the mesh shape.
+"""
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# (logical name, mesh axes). FSDP shards the model width of every weight; tensor parallelism
+# splits heads and MLP width; the batch is split over data and fsdp.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("layers", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed_out", "tensor"),
+    ("modulation", "tensor"),
+    ("vocab", "tensor"),
+    ("patch", None),
+    ("patch_out", None),
+    ("freq", None),
+    ("text_embed", None),
+    ("relpos_buckets", None),
+    ("length", None),
+    ("text_length", None),
+    ("act_embed", None),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all); -1 takes the remaining devices."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = [data, fsdp, tensor]
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices do not split over mesh shape {shape}")
+    shape[shape.index(-1)] = len(devices) // known
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, {len(devices)} available")
+  return jax.make_mesh(
+      tuple(shape), MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3
+  )
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
+  """Tree of logical `PartitionSpec`s -> tree of `NamedSharding`s on `mesh`."""
+  mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+  return jax.tree.map(
+      lambda spec: NamedSharding(mesh, spec), mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+  )
+
+
+def param_shardings(boxed_params, mesh: Mesh, rules=DEFAULT_RULES):
+  """Shardings of a parameter tree as returned by `Module.init` (or `jax.eval_shape` of it),
+  whose leaves are boxed with their logical axis names."""
+  return logical_to_sharding(nn.get_partition_spec(boxed_params), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
+  """Sharding of an input whose leading axis is the batch and whose other axes are replicated."""
+  return logical_to_sharding(PartitionSpec("batch", *([None] * (ndim - 1))), mesh, rules)
