@@ -1,0 +1,81 @@
+"""Orbax checkpoints of model parameters (converted weights, exported generators).
+
+A params checkpoint is a directory with two items: `params` (the Flax tree, one array file set per
+leaf) and `model` (JSON: which network and its config), so a reader knows what it holds. Restoring
+takes an optional tree of target shardings: a checkpoint written on one mesh restores onto any
+other, or onto a single CPU.
+"""
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+from etils import epath
+import orbax.checkpoint as ocp
+
+from cf_jax.convert.errors import CheckpointError
+
+
+def save_params(path: str | pathlib.Path, params: Any, model_info: dict[str, Any], overwrite: bool = False) -> None:
+  """Writes `params` and `model_info` to `path` (a local or gs:// directory).
+
+  Orbax writes into a temporary directory and renames it when complete, so an interrupted save
+  leaves no half-written checkpoint under `path`.
+  """
+  path = _epath(path)
+  if path.exists() and not overwrite:
+    raise CheckpointError(f"{path} already exists; choose another --out or pass --overwrite")
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(
+        path,
+        ocp.args.Composite(params=ocp.args.StandardSave(params), model=ocp.args.JsonSave(model_info)),
+        force=overwrite,
+    )
+
+
+def read_model_info(path: str | pathlib.Path) -> dict[str, Any]:
+  """The `model` JSON item of a params checkpoint."""
+  path = _existing(path)
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    return ckptr.restore(path, ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+
+
+def restore_params(path: str | pathlib.Path, target: Any | None = None) -> Any:
+  """Reads the `params` item.
+
+  Args:
+    path: checkpoint directory written by `save_params`.
+    target: optional tree of `jax.ShapeDtypeStruct` (with `.sharding`) or arrays giving the
+      expected structure, dtypes and placement; without it, arrays come back as saved, on the
+      default device.
+  """
+  path = _existing(path)
+  args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
+  try:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+      return ckptr.restore(path, ocp.args.Composite(params=args))["params"]
+  except (ValueError, KeyError) as e:
+    raise CheckpointError(f"{path}: params do not match the expected model: {str(e).splitlines()[0]}") from None
+
+
+def abstract_like(params: Any, shardings: Any | None = None) -> Any:
+  """ShapeDtypeStructs for `params`, optionally with target shardings, for `restore_params`."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+  """A dataclass config as JSON-ready data (tuples become lists)."""
+  return dataclasses.asdict(config)
+
+
+def _epath(path):
+  return epath.Path(path)
+
+
+def _existing(path):
+  path = _epath(path)
+  if not path.exists():
+    raise CheckpointError(f"{path} does not exist; convert weights first with python -m cf_jax.convert")
+  return path
