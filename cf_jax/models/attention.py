@@ -173,32 +173,17 @@ def _attend_xla(q, k, v, mask: BlockMask | None, kv_len: jax.Array | None = None
 
 
 def attend_segmented(q, k, v, mask: BlockMask | None, implementation: str | None = "cudnn"):
-  """Block-sparse attention from dense kernels: each query block attends to the key ranges it may
-  see (static slices, so masked tiles cost nothing), and ranges are merged by log-sum-exp.
+  """Block-sparse attention from a dense kernel: each query block attends to the concatenation of
+  the key ranges it may see (static slices, so masked tiles cost nothing).
 
-  `implementation` is passed to `jax.nn.dot_product_attention`; tests use 'xla' on CPU to check
-  the decomposition that the GPU runs with 'cudnn'.
+  Ranges are concatenated rather than merged by log-sum-exp because the kernels' returned
+  log-sum-exp carries no gradient. `implementation` is passed to `jax.nn.dot_product_attention`;
+  tests use 'xla' on CPU to check the decomposition that the GPU runs with 'cudnn'.
   """
   if mask is None or mask.kind == "bidirectional":
     return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
   outputs = []
   for q0, q1, ranges in mask.key_ranges():
-    parts = [
-        jax.nn.dot_product_attention(
-            q[:, q0:q1], k[:, k0:k1], v[:, k0:k1],
-            implementation=implementation, return_residual=True,
-        )
-        for k0, k1 in ranges
-    ]
-    outputs.append(_merge_by_logsumexp(parts, q.dtype))
+    keys, values = (jnp.concatenate([x[:, k0:k1] for k0, k1 in ranges], axis=1) for x in (k, v))
+    outputs.append(jax.nn.dot_product_attention(q[:, q0:q1], keys, values, implementation=implementation))
   return jnp.concatenate(outputs, axis=1)
-
-
-def _merge_by_logsumexp(parts, dtype):
-  """Combines attention over disjoint key sets: out = Σ_i exp(lse_i − lse)·out_i."""
-  if len(parts) == 1:
-    return parts[0][0]
-  lses = jnp.stack([lse.astype(jnp.float32) for _, lse in parts])  # [R, B, Lq, H]
-  weights = jax.nn.softmax(lses, axis=0)[..., None]  # [R, B, Lq, H, 1]
-  outs = jnp.stack([o.astype(jnp.float32) for o, _ in parts])  # [R, B, Lq, H, Dh]
-  return jnp.sum(weights * outs, axis=0).astype(dtype)

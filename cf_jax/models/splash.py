@@ -1,0 +1,198 @@
+"""Splash attention (Pallas, TPU) for the structured masks of `attention.BlockMask`.
+
+The mask is never materialised: `_PaddedMask` is a computable splash mask whose function calls
+`BlockMask.allowed`. The kernel factory evaluates it tile by tile to find the empty tiles (skipped)
+and the full ones, and the kernel re-evaluates it inside the partially masked tiles, which the
+frame-structured layouts have because 1560-token frames do not align with 128-token tiles
+(spec: architecture.md §3.3, §3.4, §3.7).
+
+Sequences are right-padded to a multiple of the tile. As in the reference, pad keys are hidden
+from real queries and a pad query sees only itself, so its softmax stays finite; pad outputs are
+sliced away. Off TPU the kernel runs in interpret mode, so CPU tests exercise the same logic.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
+from jax.sharding import PartitionSpec as P
+
+from cf_jax.models.attention import BlockMask
+
+_TPU_TILE = 512  # large tiles amortise the per-tile overhead on TPU
+_INTERPRET_TILE = 128  # the smallest legal tile: interpret mode pays per element, not per tile
+_BATCH_AXES = ("data", "fsdp")
+_HEAD_AXIS = "tensor"
+
+
+class _PaddedMask(splash_mask._ComputableMask):  # pylint: disable=protected-access
+  """`BlockMask` (None: every key) over `length` real tokens, right-padded to `padded`.
+
+  Equal and hashable by value, so kernels built from equal masks are shared.
+  """
+
+  def __init__(self, mask: BlockMask | None, length: int, padded: int):
+    self.block_mask = None if mask is None or mask.kind == "bidirectional" else mask
+    self.length = length
+    super().__init__(shape=(padded, padded), mask_function=self._allowed)
+
+  def _allowed(self, q_ids, kv_ids):  # broadcastable int arrays -> bool
+    """Called with numpy tiles by the kernel factory and with jnp tiles inside the kernel."""
+    xp = np if isinstance(q_ids, np.ndarray) else jnp
+    visible = (q_ids < self.length) & (kv_ids < self.length)
+    if self.block_mask is not None:
+      visible = visible & self.block_mask.allowed(q_ids, kv_ids, xp=xp)
+    return visible | (q_ids == kv_ids)
+
+  def __getitem__(self, idx) -> np.ndarray:  # [q tile, kv tile] bool
+    """One tile, as the kernel factory scans them all. The real queries of one block share their
+    row, so one row per block is evaluated and repeated (a 65k-token scan: seconds, not minutes)."""
+    q_slice, kv_slice = idx
+    rows = np.arange(*q_slice.indices(self.shape[0]))  # [q tile]
+    cols = np.arange(*kv_slice.indices(self.shape[1]))  # [kv tile]
+    step = self.length if self.block_mask is None else self.block_mask.block_tokens
+    firsts = np.where(rows < self.length, rows - rows % step, rows)  # pad rows are each their own
+    firsts, row_of = np.unique(firsts, return_inverse=True)
+    return self._allowed(firsts[:, None], cols[None, :])[row_of]
+
+  def _key(self):
+    return self.block_mask, self.length, self.shape
+
+  def __eq__(self, other: object):
+    if not isinstance(other, _PaddedMask):
+      return NotImplemented
+    return self._key() == other._key()
+
+  def __hash__(self):
+    return hash((_PaddedMask, self._key()))
+
+
+def _interpret() -> bool:
+  return jax.default_backend() != "tpu"
+
+
+def _tile(length: int) -> int:
+  """Kernel tile for a sequence, never larger than the sequence rounded up to 128. Padding to a
+  512 multiple costs under 512 tokens: 32,760 -> 32,768 and 65,520 -> 65,536 at 21 frames."""
+  tile = _INTERPRET_TILE if _interpret() else _TPU_TILE
+  return min(tile, -(-length // 128) * 128)
+
+
+def _padded(length: int) -> int:
+  tile = _tile(length)
+  return -(-length // tile) * tile
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel(mask: splash_mask.Mask, num_heads: int, tile_q: int, tile_kv: int, interpret: bool):
+  """Builds (once per mask, head count and tiling) the kernel and its tile tables.
+
+  The tables are made concrete even when first built while tracing, so the cached kernel never
+  holds a tracer.
+  """
+  sizes = splash.BlockSizes(
+      block_q=tile_q, block_kv=tile_kv, block_kv_compute=tile_kv,
+      block_q_dkv=tile_q, block_kv_dkv=tile_kv, block_kv_dkv_compute=tile_kv,
+      block_q_dq=tile_q, block_kv_dq=tile_kv,
+  )
+  with jax.ensure_compile_time_eval():
+    return splash.make_splash_mha(
+        splash_mask.MultiHeadMask((mask,) * num_heads),
+        block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret,
+    )
+
+
+def attend_splash(
+    q: jax.Array,  # [B, L, H, Dh]
+    k: jax.Array,  # [B, L, H, Dh]
+    v: jax.Array,  # [B, L, H, Dh]
+    mask: BlockMask | None,
+) -> jax.Array:  # [B, L, H, Dh]
+  """Masked self-attention with scale 1/sqrt(Dh); `mask=None` means every query sees every key."""
+  length = q.shape[1]
+  if mask is not None and mask.kind != "bidirectional" and mask.seq_len != length:
+    raise ValueError(f"{mask} describes {mask.seq_len} tokens, the sequence has {length}")
+  padded = _padded(length)
+  tile = _tile(length)
+  padded_mask = _PaddedMask(mask, length, padded)
+
+  def local(q, k, v):  # one shard: [b, L, h, Dh]
+    kernel = _kernel(padded_mask, q.shape[2], tile, tile, _interpret())
+    q, k, v = (_to_kernel_layout(x, padded) for x in (q, k, v))  # [b, h, P, Dh]
+    out = jax.vmap(kernel)(q, k, v)  # [b, h, P, Dh]
+    return _from_kernel_layout(out, length)
+
+  return _shard_batch_and_heads(local, _scale(q), k, v)
+
+
+def attend_splash_prefix(
+    q: jax.Array,  # [B, Lq, H, Dh]
+    k: jax.Array,  # [B, Lk, H, Dh] e.g. a KV cache
+    v: jax.Array,  # [B, Lk, H, Dh]
+    kv_len: jax.Array,  # [] int: every query sees keys [0, kv_len)
+) -> jax.Array:  # [B, Lq, H, Dh]
+  """Attention of a chunk's queries to the filled part of a KV cache.
+
+  `kv_len` is traced, so it cannot shape a static mask: keys are split into segments instead
+  (0: visible, 1: not), which the kernel compares per element. Every tile is computed.
+  """
+  lq, lk = q.shape[1], k.shape[1]
+  pq, pk = _padded(lq), _padded(lk)
+  segments = splash.SegmentIds(
+      q=jnp.zeros((pq,), jnp.int32),  # [Pq]
+      kv=(jnp.arange(pk) >= kv_len).astype(jnp.int32),  # [Pk]
+  )
+
+  def local(q, k, v, segments):  # one shard: [b, L, h, Dh]
+    kernel = _kernel(splash_mask.FullMask((pq, pk)), q.shape[2], _tile(lq), _tile(lk), _interpret())
+    q = _to_kernel_layout(q, pq)  # [b, h, Pq, Dh]
+    k, v = (_to_kernel_layout(x, pk) for x in (k, v))  # [b, h, Pk, Dh]
+    out = jax.vmap(kernel, in_axes=(0, 0, 0, None))(q, k, v, segments)  # [b, h, Pq, Dh]
+    return _from_kernel_layout(out, lq)
+
+  return _shard_batch_and_heads(local, _scale(q), k, v, segments)
+
+
+def _scale(q: jax.Array) -> jax.Array:  # [B, L, H, Dh]
+  """Splash does not scale the logits; scaling q in fp32 rounds once, in q's dtype."""
+  return (q.astype(jnp.float32) * q.shape[-1] ** -0.5).astype(q.dtype)
+
+
+def _to_kernel_layout(x: jax.Array, padded: int) -> jax.Array:
+  """[b, L, h, Dh] -> [b, h, P, Dh], zero-padded along the sequence."""
+  x = jnp.pad(x, ((0, 0), (0, padded - x.shape[1]), (0, 0), (0, 0)))  # [b, P, h, Dh]
+  return x.transpose(0, 2, 1, 3)
+
+
+def _from_kernel_layout(x: jax.Array, length: int) -> jax.Array:
+  """[b, h, P, Dh] -> [b, L, h, Dh], pad rows dropped."""
+  return x[:, :, :length].transpose(0, 2, 1, 3)
+
+
+def _shard_batch_and_heads(fn, q, k, v, *replicated):
+  """Runs `fn(q, k, v, *replicated)` per device under an active mesh (batch over data and fsdp,
+  heads over tensor; absent or size-1 axes are left out), or directly without one.
+
+  The kernel is a per-device Pallas call that GSPMD cannot partition, hence the shard_map.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return fn(q, k, v, *replicated)
+  batch, heads = q.shape[0], q.shape[2]
+  batch_axes = []
+  for axis in _BATCH_AXES:  # keep an axis only while the batch still splits evenly
+    size = mesh.shape.get(axis, 1)
+    if size > 1 and batch % size == 0:
+      batch_axes.append(axis)
+      batch //= size
+  head_size = mesh.shape.get(_HEAD_AXIS, 1)
+  head_axis = _HEAD_AXIS if head_size > 1 and heads % head_size == 0 else None
+  spec = P(tuple(batch_axes) or None, None, head_axis, None)
+  if mesh.are_all_axes_explicit:  # explicit meshes never reshard implicitly; auto ones do
+    q, k, v = (jax.reshard(x, spec) for x in (q, k, v))
+  return jax.shard_map(
+      fn, mesh=mesh, in_specs=(spec, spec, spec) + (P(),) * len(replicated), out_specs=spec,
+      check_vma=False,  # the Pallas call declares no varying mesh axes for its outputs
+  )(q, k, v, *replicated)
