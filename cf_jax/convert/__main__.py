@@ -1,0 +1,88 @@
+"""`python -m cf_jax.convert`: PyTorch weights -> orbax Flax params, and back.
+
+Examples:
+  # Wan2.1 base weights (single file, sharded index, or the model directory)
+  python -m cf_jax.convert --src wan_models/Wan2.1-T2V-1.3B --model t2v_1_3b --out ckpt/wan_1_3b
+  # a Causal Forcing training checkpoint, EMA weights
+  python -m cf_jax.convert --src checkpoints/framewise/causal_forcing.pt --entry generator_ema \
+      --model t2v_1_3b --out ckpt/cf_framewise_ema
+  # back to original-Wan safetensors names, for PyTorch tools
+  python -m cf_jax.convert --reverse --src ckpt/cf_framewise_ema --out causal_forcing.safetensors
+"""
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from cf_jax import checkpoint
+from cf_jax import weights
+from cf_jax.convert import safetensors_io
+from cf_jax.convert import wan as convert_wan
+from cf_jax.convert.errors import CheckpointError
+from cf_jax.models.config import WanConfig
+
+_SRC = flags.DEFINE_string("src", None, "PyTorch weights (.safetensors, index .json, model dir, .pt/.pth), "
+                           "or with --reverse a converted checkpoint directory.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output: checkpoint directory, or a .safetensors file with --reverse.",
+                           required=True)
+_MODEL = flags.DEFINE_string("model", None, "Model preset: t2v_1_3b, t2v_14b or tiny.")
+_MODEL_CONFIG = flags.DEFINE_string("model_config", None, "A Wan2.1 config.json instead of --model "
+                                    "(default: the config.json beside --src, if any).")
+_ENTRY = flags.DEFINE_enum("entry", None, list(convert_wan.TRAINING_ENTRIES),
+                           "Entry of a .pt training checkpoint (default: generator, else model, else generator_ema).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the written weights.")
+_REVERSE = flags.DEFINE_bool("reverse", False, "Export a converted checkpoint to original-Wan safetensors.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+
+
+def _config() -> WanConfig:
+  if _MODEL.value and _MODEL_CONFIG.value:
+    raise ValueError("give --model or --model_config, not both")
+  if _MODEL.value:
+    return WanConfig.from_preset(_MODEL.value)
+  if _MODEL_CONFIG.value:
+    return WanConfig.from_wan_json(_MODEL_CONFIG.value)
+  src = pathlib.Path(_SRC.value)
+  beside = (src if src.is_dir() else src.parent) / "config.json"
+  if beside.is_file():
+    return WanConfig.from_wan_json(beside)
+  raise ValueError("name the architecture with --model (t2v_1_3b, t2v_14b, tiny) or --model_config config.json")
+
+
+def _dtype():
+  return jax.numpy.bfloat16 if _DTYPE.value == "bfloat16" else np.float32
+
+
+def convert() -> str:
+  cfg = _config()
+  params = convert_wan.load_params(_SRC.value, cfg, _ENTRY.value, _dtype())
+  info = {"network": weights.WAN_NETWORK, "config": checkpoint.config_dict(cfg),
+          "source": _SRC.value, "entry": _ENTRY.value}
+  checkpoint.save_params(_OUT.value, params, info, overwrite=_OVERWRITE.value)
+  count = sum(x.size for x in jax.tree.leaves(params))
+  return f"wrote {_OUT.value}: Wan DiT {count:,} parameters ({_DTYPE.value})"
+
+
+def reverse() -> str:
+  cfg, params = weights.load_wan(_SRC.value, dtype=_dtype())
+  state_dict = convert_wan.params_to_torch(params, cfg, dtype=_dtype())
+  if pathlib.Path(_OUT.value).exists() and not _OVERWRITE.value:
+    raise CheckpointError(f"{_OUT.value} already exists; choose another --out or pass --overwrite")
+  safetensors_io.save_safetensors(state_dict, _OUT.value)
+  return f"wrote {_OUT.value}: {len(state_dict)} tensors with original Wan2.1 names"
+
+
+def main(argv):
+  del argv
+  try:
+    print(reverse() if _REVERSE.value else convert())
+  except (CheckpointError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
