@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from cf_jax.diffusion import flow_matching as fm
+from cf_jax.models import vae as vae_lib
 from cf_jax.models import wan
 from cf_jax.models.kv_cache import KVCache
 
@@ -199,3 +200,18 @@ class StreamingSampler:
       return x0, cache, BlockTrace(jnp.stack(inputs), jnp.stack(flows), jnp.stack(x0s))
 
     return jax.jit(block, donate_argnums=(1,))
+
+
+def with_frames(
+    blocks: Iterator[tuple[jax.Array, StreamState]], vae_params: Any, vae_config: vae_lib.VAEConfig
+) -> Iterator[tuple[jax.Array, jax.Array, StreamState]]:
+  """Adds pixels to a block stream: yields (latents [B, K, h, w, 16], frames [B, T, 8h, 8w, 3] in
+  [-1, 1], state), decoding each block with the VAE's causal caches as soon as it exists (the
+  first block gives 1 + 4(K − 1) frames, later ones 4K)."""
+  decode_state = None
+  for latents, state in blocks:
+    if decode_state is None:
+      b, _, h, w, _ = latents.shape
+      decode_state = vae_lib.init_decode_state(vae_config, b, h, w, latents.dtype)
+    decode_state, frames = vae_lib.decode_step(vae_params, decode_state, latents)
+    yield latents, frames, state
