@@ -4,10 +4,15 @@ import pathlib
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.numpy import load_file
 
+from cf_jax.convert import torch_pickle
+from cf_jax.convert import vae as convert_vae
+from cf_jax.models import vae
 from tests.conftest import FIXTURES
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
@@ -31,8 +36,6 @@ def test_convert_then_export_round_trips_to_the_original_names(tiny_checkpoint, 
   exported = tmp_path / "export.safetensors"
   result = run("cf_jax.convert", "--reverse", "--src", str(tiny_checkpoint), "--out", str(exported))
   assert result.returncode == 0, result.stderr
-  from cf_jax.convert import torch_pickle
-
   reference = torch_pickle.load_torch_file(FIXTURES / "wan_tiny.pt")["generator_ema"]
   ours = load_file(str(exported))
   assert {f"model.{k}" for k in ours} == set(reference)
@@ -69,3 +72,28 @@ def test_sample_rejects_an_empty_prompt(tiny_checkpoint, tmp_path):
   result = run("cf_jax.sample", "--checkpoint", str(tiny_checkpoint), "--prompts", str(prompts), "--dry_run",
                "--out", str(tmp_path / "out"))
   assert result.returncode != 0 and "prompt 2 is empty" in result.stderr
+
+
+def test_sample_with_vae_writes_video_and_image_to_video_keeps_the_image(tiny_checkpoint, tmp_path):
+  image = tmp_path / "first.png"
+  pixels = np.zeros((64, 64, 3), np.uint8)
+  pixels[16:48, 16:48] = (255, 40, 40)
+  Image.fromarray(pixels).save(image)
+  common = ["--checkpoint", str(tiny_checkpoint), "--prompt", "a red square", "--dry_run", "--num_frames", "3",
+            "--height", "64", "--width", "64", "--frames_per_block", "1", "--dtype", "float32",
+            "--vae_checkpoint", str(FIXTURES / "wanvae_tiny.pt"), "--vae_model", "tiny"]
+  t2v = run("cf_jax.sample", *common, "--out", str(tmp_path / "t2v"))
+  assert t2v.returncode == 0, t2v.stderr
+  i2v = run("cf_jax.sample", *common, "--image", str(image), "--out", str(tmp_path / "i2v"))
+  assert i2v.returncode == 0, i2v.stderr
+  for out in ("t2v", "i2v"):
+    gif = Image.open(tmp_path / out / "0000.gif")
+    assert gif.n_frames == 9 and gif.size == (64, 64)  # 3 latent frames -> 1 + 4·2 video frames
+    assert (tmp_path / out / "0000.mp4").stat().st_size > 0
+  # Image-to-video: latent frame 0 is the encoded image
+  # (the tiny random VAE is no autoencoder, so compare with its own encoding of the image).
+  cfg = vae.VAEConfig.tiny()
+  vae_params = convert_vae.load_vae_checkpoint(FIXTURES / "wanvae_tiny.pt", cfg)
+  expected = vae.encode(vae_params, jnp.asarray(pixels / 127.5 - 1.0, jnp.float32)[None, None], cfg)
+  latents = np.load(tmp_path / "i2v" / "0000_latents.npy")
+  np.testing.assert_allclose(latents[0], np.asarray(expected)[0, 0], atol=1e-2)
