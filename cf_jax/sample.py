@@ -21,6 +21,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +34,6 @@ from cf_jax.diffusion import streaming
 from cf_jax.models import vae as vae_lib
 from cf_jax.models import wan
 from cf_jax.models.config import WanConfig
-from cf_jax.convert import vae as convert_vae
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Converted generator (python -m cf_jax.convert), "
                                   "or PyTorch weights together with --model.", required=True)
@@ -46,8 +46,8 @@ _EMBEDDINGS = flags.DEFINE_string("embeddings", None, "Precomputed text embeddin
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Random text embeddings (smoke test; no text encoder).")
 _IMAGE = flags.DEFINE_string("image", None, "Image-to-video: the first frame (needs --vae_checkpoint, "
                              "frame-wise models).")
-_VAE = flags.DEFINE_string("vae_checkpoint", None, "Wan2.1_VAE.pth (writes MP4 and GIF).")
-_VAE_MODEL = flags.DEFINE_enum("vae_model", "wan21", ["wan21", "tiny"], "VAE preset.")
+_VAE = flags.DEFINE_string("vae_checkpoint", None, "Converted VAE or Wan2.1_VAE.pth (writes MP4 and GIF).")
+_VAE_MODEL = flags.DEFINE_enum("vae_model", "wan21", ["wan21", "tiny"], "VAE preset (for a .pth).")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 21, "Latent frames to generate (21 ↔ 81 video frames).")
 _HEIGHT = flags.DEFINE_integer("height", 480, "Video height in pixels.")
 _WIDTH = flags.DEFINE_integer("width", 832, "Video width in pixels.")
@@ -104,12 +104,13 @@ def load_generator() -> tuple[WanConfig, dict]:
 def load_vae():
   if not _VAE.value:
     return None
-  config = vae_lib.VAEConfig.wan21() if _VAE_MODEL.value == "wan21" else vae_lib.VAEConfig.tiny()
-  return config, convert_vae.load_vae_checkpoint(_VAE.value, config)
+  preset = None if weights.is_params_checkpoint(_VAE.value) else weights.NETWORKS["vae"].preset(_VAE_MODEL.value)
+  return weights.load("vae", _VAE.value, preset)
 
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
   try:
     run()
   except (CheckpointError, ValueError) as e:

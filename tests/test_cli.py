@@ -28,7 +28,7 @@ def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
   result = run("cf_jax.convert", "--src", str(FIXTURES / "wan_tiny.pt"), "--entry", "generator_ema",
                "--model", "tiny", "--out", str(out))
   assert result.returncode == 0, result.stderr
-  assert "Wan DiT" in result.stdout
+  assert "wan_dit with 589,248 parameters" in result.stdout
   return out
 
 
@@ -79,12 +79,16 @@ def test_sample_with_vae_writes_video_and_image_to_video_keeps_the_image(tiny_ch
   pixels = np.zeros((64, 64, 3), np.uint8)
   pixels[16:48, 16:48] = (255, 40, 40)
   Image.fromarray(pixels).save(image)
+  converted_vae = tmp_path / "vae"
+  result = run("cf_jax.convert", "--kind", "vae", "--src", str(FIXTURES / "wanvae_tiny.pt"), "--model", "tiny",
+               "--out", str(converted_vae))
+  assert result.returncode == 0 and "wan_vae with 924,491 parameters" in result.stdout, result.stderr
   common = ["--checkpoint", str(tiny_checkpoint), "--prompt", "a red square", "--dry_run", "--num_frames", "3",
-            "--height", "64", "--width", "64", "--frames_per_block", "1", "--dtype", "float32",
-            "--vae_checkpoint", str(FIXTURES / "wanvae_tiny.pt"), "--vae_model", "tiny"]
-  t2v = run("cf_jax.sample", *common, "--out", str(tmp_path / "t2v"))
+            "--height", "64", "--width", "64", "--frames_per_block", "1", "--dtype", "float32"]
+  t2v = run("cf_jax.sample", *common, "--vae_checkpoint", str(converted_vae), "--out", str(tmp_path / "t2v"))
   assert t2v.returncode == 0, t2v.stderr
-  i2v = run("cf_jax.sample", *common, "--image", str(image), "--out", str(tmp_path / "i2v"))
+  i2v = run("cf_jax.sample", *common, "--vae_checkpoint", str(FIXTURES / "wanvae_tiny.pt"), "--vae_model", "tiny",
+            "--image", str(image), "--out", str(tmp_path / "i2v"))
   assert i2v.returncode == 0, i2v.stderr
   for out in ("t2v", "i2v"):
     gif = Image.open(tmp_path / out / "0000.gif")

@@ -1,6 +1,8 @@
 """`python -m cf_jax.convert`: PyTorch weights -> orbax Flax params, and back.
 
 Examples:
+  # the Wan VAE
+  python -m cf_jax.convert --kind vae --src wan_models/Wan2.1-T2V-1.3B/Wan2.1_VAE.pth --model wan21 --out ckpt/vae
   # Wan2.1 base weights (single file, sharded index, or the model directory)
   python -m cf_jax.convert --src wan_models/Wan2.1-T2V-1.3B --model t2v_1_3b --out ckpt/wan_1_3b
   # a Causal Forcing training checkpoint, EMA weights
@@ -14,6 +16,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import numpy as np
 
@@ -28,7 +31,8 @@ _SRC = flags.DEFINE_string("src", None, "PyTorch weights (.safetensors, index .j
                            "or with --reverse a converted checkpoint directory.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output: checkpoint directory, or a .safetensors file with --reverse.",
                            required=True)
-_MODEL = flags.DEFINE_string("model", None, "Model preset: t2v_1_3b, t2v_14b or tiny.")
+_KIND = flags.DEFINE_enum("kind", "wan", sorted(weights.NETWORKS), "Network: the Wan DiT or the VAE.")
+_MODEL = flags.DEFINE_string("model", None, "Preset: t2v_1_3b, t2v_14b, tiny (DiT); wan21, tiny (VAE).")
 _MODEL_CONFIG = flags.DEFINE_string("model_config", None, "A Wan2.1 config.json instead of --model "
                                     "(default: the config.json beside --src, if any).")
 _ENTRY = flags.DEFINE_enum("entry", None, list(convert_wan.TRAINING_ENTRIES),
@@ -38,11 +42,13 @@ _REVERSE = flags.DEFINE_bool("reverse", False, "Export a converted checkpoint to
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
 
 
-def _config() -> WanConfig:
+def _config():
   if _MODEL.value and _MODEL_CONFIG.value:
     raise ValueError("give --model or --model_config, not both")
   if _MODEL.value:
-    return WanConfig.from_preset(_MODEL.value)
+    return weights.NETWORKS[_KIND.value].preset(_MODEL.value)
+  if _KIND.value != "wan":
+    raise ValueError(f"name the {_KIND.value} preset with --model ({', '.join(weights.NETWORKS[_KIND.value].presets)})")
   if _MODEL_CONFIG.value:
     return WanConfig.from_wan_json(_MODEL_CONFIG.value)
   src = pathlib.Path(_SRC.value)
@@ -57,16 +63,18 @@ def _dtype():
 
 
 def convert() -> str:
-  cfg = _config()
-  params = convert_wan.load_params(_SRC.value, cfg, _ENTRY.value, _dtype())
-  info = {"network": weights.WAN_NETWORK, "config": checkpoint.config_dict(cfg),
-          "source": _SRC.value, "entry": _ENTRY.value}
+  network = weights.NETWORKS[_KIND.value]
+  cfg, params = weights.load(_KIND.value, _SRC.value, _config(), _ENTRY.value, _dtype())
+  info = {"network": network.name, "config": checkpoint.config_dict(cfg), "source": _SRC.value,
+          "entry": _ENTRY.value}
   checkpoint.save_params(_OUT.value, params, info, overwrite=_OVERWRITE.value)
   count = sum(x.size for x in jax.tree.leaves(params))
-  return f"wrote {_OUT.value}: Wan DiT {count:,} parameters ({_DTYPE.value})"
+  return f"wrote {_OUT.value}: {network.name} with {count:,} parameters ({_DTYPE.value})"
 
 
 def reverse() -> str:
+  if _KIND.value != "wan":
+    raise ValueError("--reverse exports the Wan DiT only")
   cfg, params = weights.load_wan(_SRC.value, dtype=_dtype())
   state_dict = convert_wan.params_to_torch(params, cfg, dtype=_dtype())
   if pathlib.Path(_OUT.value).exists() and not _OVERWRITE.value:
@@ -77,6 +85,7 @@ def reverse() -> str:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
   try:
     print(reverse() if _REVERSE.value else convert())
   except (CheckpointError, ValueError, FileNotFoundError) as e:

@@ -69,10 +69,9 @@ class WanConfig:
 
   @classmethod
   def from_preset(cls, name: str) -> "WanConfig":
-    presets = {"t2v_1_3b": cls.t2v_1_3b, "t2v_14b": cls.t2v_14b, "tiny": cls.tiny}
-    if name not in presets:
-      raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
-    return presets[name]()
+    if name not in PRESETS:
+      raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
 
   @classmethod
   def from_wan_json(cls, path: str | pathlib.Path) -> "WanConfig":
@@ -90,3 +89,6 @@ class WanConfig:
     if "patch_size" in kwargs:
       kwargs["patch_size"] = tuple(kwargs["patch_size"])
     return cls(**kwargs)
+
+
+PRESETS = {"t2v_1_3b": WanConfig.t2v_1_3b, "t2v_14b": WanConfig.t2v_14b, "tiny": WanConfig.tiny}
