@@ -4,7 +4,6 @@ One table (`_entries`) lists every reference tensor with its place in the Flax t
 and its shape; it is built from the same layer lists as the model, so the two cannot drift apart.
 Reference names: architecture.md §8.5 (e.g. `decoder.upsamples.3.time_conv.weight`).
 """
-import dataclasses
 import pathlib
 from collections.abc import Mapping
 from typing import Literal
@@ -14,35 +13,28 @@ import numpy as np
 from cf_jax.convert import torch_pickle
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.convert.key_check import check_state_dict
+from cf_jax.convert.key_map import Entry, set_path
 from cf_jax.models.vae import Layer, VAEConfig, decoder_layers, encoder_layers
 
 Kind = Literal["conv3d", "conv2d", "gamma", "bias"]
 
 
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  torch_name: str
-  flax_path: tuple[str, ...]
-  kind: Kind
-  torch_shape: tuple[int, ...]
-
-
 def _conv3d(torch_prefix, flax_path, dim_in, dim_out, kernel=(3, 3, 3)):
   return [
-      _Entry(f"{torch_prefix}.weight", (*flax_path, "kernel"), "conv3d", (dim_out, dim_in, *kernel)),
-      _Entry(f"{torch_prefix}.bias", (*flax_path, "bias"), "bias", (dim_out,)),
+      Entry(f"{torch_prefix}.weight", (*flax_path, "kernel"), "conv3d", (dim_out, dim_in, *kernel)),
+      Entry(f"{torch_prefix}.bias", (*flax_path, "bias"), "bias", (dim_out,)),
   ]
 
 
 def _conv2d(torch_prefix, flax_path, dim_in, dim_out, kernel):
   return [
-      _Entry(f"{torch_prefix}.weight", (*flax_path, "kernel"), "conv2d", (dim_out, dim_in, kernel, kernel)),
-      _Entry(f"{torch_prefix}.bias", (*flax_path, "bias"), "bias", (dim_out,)),
+      Entry(f"{torch_prefix}.weight", (*flax_path, "kernel"), "conv2d", (dim_out, dim_in, kernel, kernel)),
+      Entry(f"{torch_prefix}.bias", (*flax_path, "bias"), "bias", (dim_out,)),
   ]
 
 
 def _gamma(torch_name, flax_path, dim, images=False):
-  return [_Entry(torch_name, (*flax_path, "gamma"), "gamma", (dim, 1, 1) if images else (dim, 1, 1, 1))]
+  return [Entry(torch_name, (*flax_path, "gamma"), "gamma", (dim, 1, 1) if images else (dim, 1, 1, 1))]
 
 
 def _residual(torch_prefix, flax_path, dim_in, dim_out):
@@ -85,7 +77,7 @@ def _head(torch_prefix, flax_path, dim, dim_out):
   ]
 
 
-def _entries(cfg: VAEConfig) -> list[_Entry]:
+def _entries(cfg: VAEConfig) -> list[Entry]:
   z = cfg.z_dim
   enc, dec = encoder_layers(cfg), decoder_layers(cfg)
   out = _conv3d("encoder.conv1", ("encoder", "conv1"), 3, cfg.dim)
@@ -126,10 +118,7 @@ def vae_params_from_torch(
   params: dict = {}
   for e in _entries(config):
     w = np.ascontiguousarray(_to_flax(e.kind, np.asarray(state_dict[e.torch_name]))).astype(dtype)
-    tree = params
-    for key in e.flax_path[:-1]:
-      tree = tree.setdefault(key, {})
-    tree[e.flax_path[-1]] = w
+    set_path(params, e.flax_path, w)
   return params
 
 

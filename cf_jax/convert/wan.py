@@ -15,6 +15,7 @@ from cf_jax.convert import safetensors_io
 from cf_jax.convert import torch_pickle
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.convert.key_check import check_state_dict
+from cf_jax.convert.key_map import Entry, get_path, set_path
 from cf_jax.models.config import WanConfig
 
 Kind = Literal["linear", "vector", "patch", "modulation"]
@@ -25,45 +26,37 @@ TRAINING_ENTRIES = ("generator", "generator_ema", "critic", "model")
 _WRAPPER_PREFIXES = ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  torch_name: str
-  flax_path: tuple[str, ...]
-  kind: Kind
-  torch_shape: tuple[int, ...]
-
-
 def _linear(torch_prefix, flax_path, d_in, d_out):
   return [
-      _Entry(f"{torch_prefix}.weight", (*flax_path, "kernel"), "linear", (d_out, d_in)),
-      _Entry(f"{torch_prefix}.bias", (*flax_path, "bias"), "vector", (d_out,)),
+      Entry(f"{torch_prefix}.weight", (*flax_path, "kernel"), "linear", (d_out, d_in)),
+      Entry(f"{torch_prefix}.bias", (*flax_path, "bias"), "vector", (d_out,)),
   ]
 
 
-def _entries(cfg: WanConfig) -> list[_Entry]:
+def _entries(cfg: WanConfig) -> list[Entry]:
   d, pt, ph, pw = cfg.dim, *cfg.patch_size
   out = [
-      _Entry("patch_embedding.weight", ("patch_embedding", "kernel"), "patch", (d, cfg.in_dim, pt, ph, pw)),
-      _Entry("patch_embedding.bias", ("patch_embedding", "bias"), "vector", (d,)),
+      Entry("patch_embedding.weight", ("patch_embedding", "kernel"), "patch", (d, cfg.in_dim, pt, ph, pw)),
+      Entry("patch_embedding.bias", ("patch_embedding", "bias"), "vector", (d,)),
       *_linear("text_embedding.0", ("text_embedding", "fc1"), cfg.text_dim, d),
       *_linear("text_embedding.2", ("text_embedding", "fc2"), d, d),
       *_linear("time_embedding.0", ("time_embedding_0",), cfg.freq_dim, d),
       *_linear("time_embedding.2", ("time_embedding_1",), d, d),
       *_linear("time_projection.1", ("time_projection",), d, 6 * d),
-      _Entry("head.modulation", ("head_modulation",), "modulation", (1, 2, d)),
+      Entry("head.modulation", ("head_modulation",), "modulation", (1, 2, d)),
       *_linear("head.head", ("head",), d, pt * ph * pw * cfg.out_dim),
   ]
-  block = [_Entry("blocks.{i}.modulation", ("blocks", "modulation"), "modulation", (1, 6, d))]
+  block = [Entry("blocks.{i}.modulation", ("blocks", "modulation"), "modulation", (1, 6, d))]
   for attn in ("self_attn", "cross_attn"):
     for proj in ("q", "k", "v", "o"):
       block += _linear(f"blocks.{{i}}.{attn}.{proj}", ("blocks", attn, proj), d, d)
     if cfg.qk_norm:
       for norm in ("norm_q", "norm_k"):
-        block.append(_Entry(f"blocks.{{i}}.{attn}.{norm}.weight", ("blocks", attn, norm, "scale"), "vector", (d,)))
+        block.append(Entry(f"blocks.{{i}}.{attn}.{norm}.weight", ("blocks", attn, norm, "scale"), "vector", (d,)))
   if cfg.cross_attn_norm:
     block += [
-        _Entry("blocks.{i}.norm3.weight", ("blocks", "norm3", "scale"), "vector", (d,)),
-        _Entry("blocks.{i}.norm3.bias", ("blocks", "norm3", "bias"), "vector", (d,)),
+        Entry("blocks.{i}.norm3.weight", ("blocks", "norm3", "scale"), "vector", (d,)),
+        Entry("blocks.{i}.norm3.bias", ("blocks", "norm3", "bias"), "vector", (d,)),
     ]
   block += _linear("blocks.{i}.ffn.0", ("blocks", "ffn_0"), d, cfg.ffn_dim)
   block += _linear("blocks.{i}.ffn.2", ("blocks", "ffn_1"), cfg.ffn_dim, d)
@@ -105,11 +98,11 @@ def params_from_torch(state_dict: Mapping[str, np.ndarray], cfg: WanConfig, sour
   for e in _entries(cfg):
     w = _to_flax(e.kind, np.asarray(state_dict[e.torch_name])).astype(dtype)
     if _layer_index(e.torch_name) is None:
-      _set(params, e.flax_path, w)
+      set_path(params, e.flax_path, w)
     else:
       stacked.setdefault(e.flax_path, [None] * cfg.num_layers)[_layer_index(e.torch_name)] = w
   for path, layers in stacked.items():
-    _set(params, path, np.stack(layers))
+    set_path(params, path, np.stack(layers))
   return params
 
 
@@ -123,19 +116,11 @@ def params_to_torch(params: Mapping[str, Any], cfg: WanConfig, dtype=np.float32)
   return out
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
 def _get(tree: Mapping, path: tuple[str, ...], name: str):
   try:
-    for key in path:
-      tree = tree[key]
+    return get_path(tree, path)
   except (KeyError, TypeError):
     raise CheckpointError(f"params have no {'/'.join(path)} (needed for {name}); are they WanModel params of this config?") from None
-  return tree
 
 
 def strip_wrapper_prefixes(state_dict: Mapping[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
