@@ -26,6 +26,7 @@ class FlowGrid:
 
   timesteps: jax.Array  # [N]
   sigmas: jax.Array  # [N]
+  shift: float = flax.struct.field(pytree_node=False, default=5.0)
 
 
 def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
@@ -43,31 +44,35 @@ def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
   return np.where(i < steps // 2, head, tail).astype(f32)  # [steps]
 
 
-def make_grid(num_steps: int, shift: float, extra_one_step: bool = True) -> FlowGrid:
-  """The grid of FlowMatchScheduler.set_timesteps(num_steps) with σ_min = 0, σ_max = 1.
-
-  s runs linearly from 1 to 0 (dropping the final 0 with `extra_one_step`), σ = shift·s/(1 +
-  (shift − 1)·s) and t = 1000·σ, all in float32 as the reference, which matches its stored grids
-  bit for bit.
-  """
+@functools.cache
+def _grid_arrays(num_steps: int, shift: float, extra_one_step: bool) -> tuple[np.ndarray, np.ndarray]:
   f32 = np.float32
   if extra_one_step:
     s = _linspace_f32(1.0, 0.0, num_steps + 1)[:-1]  # [N]
   else:
     s = _linspace_f32(1.0, 0.0, num_steps)  # [N]
   sigmas = (f32(shift) * s) / (f32(1.0) + f32(shift - 1.0) * s)  # [N]
-  timesteps = sigmas * f32(NUM_TRAIN_TIMESTEPS)  # [N]
-  return FlowGrid(timesteps=jnp.asarray(timesteps, jnp.float32), sigmas=jnp.asarray(sigmas, jnp.float32))
+  return sigmas * f32(NUM_TRAIN_TIMESTEPS), sigmas
 
 
-@functools.cache
+def make_grid(num_steps: int, shift: float, extra_one_step: bool = True) -> FlowGrid:
+  """The grid of FlowMatchScheduler.set_timesteps(num_steps) with σ_min = 0, σ_max = 1.
+
+  s runs linearly from 1 to 0 (dropping the final 0 with `extra_one_step`), σ = shift·s/(1 +
+  (shift − 1)·s) and t = 1000·σ, all in float32 as the reference, which matches its stored grids
+  bit for bit. The numbers are cached, the arrays are not: a grid built inside a jitted function
+  holds that trace's constants and must not outlive it.
+  """
+  timesteps, sigmas = _grid_arrays(num_steps, float(shift), extra_one_step)
+  return FlowGrid(jnp.asarray(timesteps, jnp.float32), jnp.asarray(sigmas, jnp.float32), float(shift))
+
+
 def training_grid(shift: float = 5.0) -> FlowGrid:
   """The 1000-step grid every diffusion wrapper uses: shift 5 for the generator, 8 for the
   DMD real/fake scores (spec §1.6)."""
   return make_grid(NUM_TRAIN_TIMESTEPS, shift)
 
 
-@functools.cache
 def ode_grid() -> FlowGrid:
   """The 48-step shift-5 grid of ODE-pair generation and consistency distillation; its entries
   0, 12, 24, 36 are the warped 4-step list."""
@@ -78,11 +83,13 @@ def training_weights(grid: FlowGrid) -> jax.Array:
   """Per-grid-entry loss weights of the Stage-1 diffusion loss (spec §1.2), mean 1 over the grid.
 
   A Gaussian bump in t centred at N/2 with width N, minus its minimum; with the 1000-grid this is
-  exactly 0 at t = 1000. Only meaningful for the 1000-step grids (the reference uses N both as
-  the grid length and the timestep scale).
+  exactly 0 at t = 1000. Defined for the 1000-step training grids (the reference uses N both as
+  the grid length and the timestep scale); computed in float64 from the grid's numbers.
   """
-  t = np.asarray(grid.timesteps, np.float64)  # [N]
-  n = t.shape[0]
+  n = grid.timesteps.shape[0]
+  if n != NUM_TRAIN_TIMESTEPS:
+    raise ValueError(f"training weights are defined on the {NUM_TRAIN_TIMESTEPS}-step grid, not {n} steps")
+  t = np.asarray(_grid_arrays(n, grid.shift, True)[0], np.float64)  # [N]
   y = np.exp(-2.0 * ((t - n / 2) / n) ** 2)  # [N]
   y = y - y.min()
   return jnp.asarray(y * (n / y.sum()), jnp.float32)  # [N]

@@ -162,6 +162,8 @@ class WanBlock(nn.Module):
   param_dtype: Any
   backend: attention.Backend
   mask: attention.BlockMask | None
+  # Leading tokens whose keys/values carry no gradient (teacher forcing with `detach_clean`).
+  detached_tokens: int = 0
 
   @nn.compact
   def __call__(
@@ -196,6 +198,8 @@ class WanBlock(nn.Module):
     q = embeddings.apply_rope(self_attn.project_q(a), *rope)  # [B, F·S, H, Dh]
     k, v = self_attn.project_kv(a)
     k = embeddings.apply_rope(k, *rope)
+    if self.detached_tokens:
+      k, v = (_detach_prefix(a, self.detached_tokens) for a in (k, v))
     if cache is None:
       y = attention.attend(q, k, v, self.mask, self.backend)
       new_kv = None
@@ -300,6 +304,7 @@ class WanModel(nn.Module):
       aug_t: jax.Array | None = None,  # [B, F] timestep of the clean context (default 0)
       kv_cache: KVCache | None = None,
       start_frame: jax.Array | int = 0,  # with a cache: absolute index of the block's first frame
+      detach_clean: bool = False,
   ):
     """Returns the flow `[B, F, H, W, C_out]`; with `kv_cache`, `(flow, updated cache)`.
 
@@ -312,6 +317,8 @@ class WanModel(nn.Module):
     b, f, height, width, _ = x.shape
     t = jnp.broadcast_to(t[:, None], (b, f)) if t.ndim == 1 else t
     _check_shapes(cfg, x, t, context, clean_x, kv_cache)
+    if detach_clean and clean_x is None:
+      raise ValueError("detach_clean needs teacher forcing (clean_x)")
     _, ph, pw = cfg.patch_size
     h, w = height // ph, width // pw
     s = cfg.tokens_per_frame(height, width)
@@ -332,7 +339,8 @@ class WanModel(nn.Module):
     if kv_cache is None:
       context = TextEmbedding(cfg, self.dtype, self.param_dtype, name="text_embedding")(context)
       mask = layout.mask(f, s, teacher_forcing=clean_x is not None)
-      tokens = self._blocks(mask, cached=False)(tokens, e0, context, rope)[0]
+      detached = f * s if detach_clean else 0
+      tokens = self._blocks(mask, cached=False, detached_tokens=detached)(tokens, e0, context, rope)[0]
     else:
       layers = {"k": kv_cache.k, "v": kv_cache.v, "cross_k": kv_cache.cross_k, "cross_v": kv_cache.cross_v}
       rows = kv_cache.slot_rows(start_frame, f)
@@ -355,7 +363,7 @@ class WanModel(nn.Module):
     e0 = _dense(6 * cfg.dim, ("embed", "modulation"), self, "time_projection")(nn.silu(e))
     return e0.reshape(*e.shape[:2], 6, cfg.dim)
 
-  def _blocks(self, mask, cached: bool):
+  def _blocks(self, mask, cached: bool, detached_tokens: int = 0):
     block = WanBlock
     if self.remat_policy != "none":
       if self.remat_policy not in _REMAT_POLICIES:
@@ -372,7 +380,7 @@ class WanModel(nn.Module):
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
     return scanned(
-        self.config, self.dtype, self.param_dtype, self.attention_backend, mask, name="blocks"
+        self.config, self.dtype, self.param_dtype, self.attention_backend, mask, detached_tokens, name="blocks"
     )
 
   def _head(self, x, e):  # x [B, F·S, D], e [B, F, D] -> [B, F, S, pt·ph·pw·C_out]
@@ -389,6 +397,10 @@ class WanModel(nn.Module):
     x = layer_norm(x, cfg.eps).reshape(b, f, -1, cfg.dim) * (1 + scale) + shift
     pt, ph, pw = cfg.patch_size
     return _dense(pt * ph * pw * cfg.out_dim, ("embed", "patch_out"), self, "head")(x)
+
+
+def _detach_prefix(a, n: int):  # [B, L, H, Dh]: the first n rows without gradient
+  return jnp.concatenate([jax.lax.stop_gradient(a[:, :n]), a[:, n:]], axis=1)
 
 
 def _check_shapes(cfg: WanConfig, x, t, context, clean_x, kv_cache):

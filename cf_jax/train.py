@@ -1,0 +1,53 @@
+"""`python -m cf_jax.train`: runs one training stage on every device of every host.
+
+  python -m cf_jax.train --config configs/ar_diffusion_chunkwise.py --workdir runs/ar_diffusion_chunkwise
+  python -m cf_jax.train --config configs/dmd_chunkwise.py:tiny --workdir /tmp/dmd --config.num_steps=4
+
+`--config.key=value` overrides any config key; the config is locked, so an unknown key is an
+error. Restarting on the same workdir resumes from its latest checkpoint. On several hosts pass
+`--multihost` (Cloud TPU needs nothing else; GPU clusters also give the coordinator address,
+process count and index).
+"""
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from cf_jax.convert.errors import CheckpointError
+from cf_jax.training.trainer import Trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (configs/<stage>.py[:tiny]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local or gs://): checkpoints, exports, metrics.",
+                               required=True)
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (several hosts).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (GPU clusters).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (GPU clusters).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (GPU clusters).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  if _CONFIG.value is None:
+    print("error: --config is required, e.g. --config configs/ar_diffusion_chunkwise.py", file=sys.stderr)
+    sys.exit(1)
+  if _MULTIHOST.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    trainer = Trainer(_CONFIG.value, _WORKDIR.value)
+    metrics = trainer.run()
+  except (CheckpointError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  if jax.process_index() == 0:
+    print(" ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
+    print(f"exported to {trainer.workdir / 'export'}")
+
+
+if __name__ == "__main__":
+  app.run(main)

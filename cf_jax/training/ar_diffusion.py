@@ -1,0 +1,77 @@
+"""Stage 1: autoregressive diffusion with teacher forcing (spec: algorithms.md §3).
+
+The block-causal generator, initialized from the bidirectional Wan weights, learns to denoise
+every block given the clean earlier blocks: one forward over [clean; noisy] tokens with the
+teacher-forcing mask. Timesteps are drawn per block; the loss is the flow MSE weighted by the
+grid's training weights.
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cf_jax.diffusion import flow_matching as fm
+from cf_jax.models import wan
+from cf_jax.training import losses
+from cf_jax.training import state as state_lib
+from cf_jax.training.denoiser import Denoiser
+from cf_jax.training.stage import Network, Stage, Update, build_model
+
+
+def loss(
+    generator: Denoiser,
+    params,
+    x0: jax.Array,  # [B, F, H, W, C] clean latents
+    context: jax.Array,  # [B, Lt, D_text]
+    noise: jax.Array,  # [B, F, H, W, C]
+    index: jax.Array,  # [B, F] int grid indices as drawn, one per frame
+    bf16_timesteps: bool,
+    aug_index: jax.Array | None = None,  # [B, F] grid indices of the context noise (augmentation)
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The teacher-forcing loss for given random draws (spec §3.2 steps 2–8).
+
+  Each block takes its first frame's index; with `bf16_timesteps` (the reference in mixed
+  precision) t is rounded to bfloat16 before it reaches the noise, the model and the weights.
+  """
+  grid = generator.grid
+  k = generator.layout.frames_per_block
+  t = grid.timesteps[losses.tie_to_blocks(index, k)]  # [B, F]
+  if bf16_timesteps:
+    t = fm.bf16_round(t)
+  x_t = fm.add_noise(x0, noise, t, grid, generator.snap)
+  clean, aug_t = x0, None
+  if aug_index is not None:
+    aug_t = grid.timesteps[losses.tie_to_blocks(aug_index, k)]
+    clean = fm.add_noise(x0, noise, aug_t, grid, generator.snap)
+  flow = generator.flow(params, x_t, t, context, clean_x=clean, aug_t=aug_t)
+  value, per_frame = losses.teacher_forcing_loss(flow, x0, noise, t, grid, fm.training_weights(grid))
+  return value, {"flow_mse": jnp.mean(per_frame)}
+
+
+def make_stage(config: ml_collections.ConfigDict) -> Stage:
+  layout = wan.Layout.block_causal(config.frames_per_block)
+  network = Network(build_model(config, config.model), layout, config.init.generator, config.init.generator_entry)
+  generator = Denoiser(network.model, layout, snap=config.quirks.snap_sigma)
+  tx = state_lib.make_optimizer(config.optimizer)
+  aug_min = config.noise_augmentation_max_timestep
+
+  def loss_fn(params, batch, key):
+    x0 = batch["latents"]
+    k_noise, k_index, k_aug = jax.random.split(key, 3)
+    # The reference draws the noise first, then the indices.
+    noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+    index = jax.random.randint(k_index, x0.shape[:2], 0, fm.NUM_TRAIN_TIMESTEPS)
+    # Context noise augmentation draws indices in [M, 1000): the low-noise tail (spec §11.13).
+    aug = jax.random.randint(k_aug, x0.shape[:2], aug_min, fm.NUM_TRAIN_TIMESTEPS) if aug_min > 0 else None
+    return loss(generator, params, x0, batch["prompt_embeds"], noise, index, config.quirks.bf16_timesteps, aug)
+
+  def update(state, frozen, batch):
+    del frozen
+    return state_lib.minimize(state, "generator", loss_fn, batch, state.key(0), tx, config.grad_accum)
+
+  return Stage(
+      networks={"generator": network},
+      trainable={"generator": tx},
+      ema=(),
+      updates=(Update("generator", update),),
+      fields=("latents", "prompt_embeds"),
+  )

@@ -1,0 +1,53 @@
+"""Where training metrics go: stdout, `metrics.jsonl`, TensorBoard and (when asked) W&B.
+
+Only process 0 writes. TensorBoard event files come from tensorboardX, so TensorFlow is never
+needed; W&B is imported only when enabled.
+"""
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+
+class MetricWriter:
+  def __init__(self, workdir: str, tensorboard: bool, wandb_cfg: ml_collections.ConfigDict, config_json: dict):
+    self._active = jax.process_index() == 0
+    self._tb = self._wandb = self._jsonl = None
+    if not self._active:
+      return
+    logdir = pathlib.Path(workdir)
+    if not str(workdir).startswith("gs://"):
+      logdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = open(logdir / "metrics.jsonl", "a", encoding="utf-8")
+    if tensorboard:
+      import tensorboardX  # pylint: disable=import-outside-toplevel
+
+      self._tb = tensorboardX.SummaryWriter(str(logdir / "tensorboard"))
+    if wandb_cfg.enabled:
+      try:
+        import wandb  # pylint: disable=import-outside-toplevel
+      except ImportError:
+        raise ValueError("wandb.enabled is set but wandb is not installed: pip install wandb") from None
+      self._wandb = wandb.init(project=wandb_cfg.project, name=wandb_cfg.name or None, config=config_json)
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self._active:
+      return
+    scalars = {k: float(v) for k, v in metrics.items()}
+    if self._jsonl:
+      self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+      self._jsonl.flush()
+    if self._tb:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, step)
+    if self._wandb:
+      self._wandb.log(scalars, step=step)
+
+  def close(self) -> None:
+    for sink in (self._jsonl, self._tb):
+      if sink:
+        sink.close()
+    if self._wandb:
+      self._wandb.finish()

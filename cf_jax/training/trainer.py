@@ -1,0 +1,254 @@
+"""The training loop shared by every stage: mesh, weights, state, data, checkpoints, metrics.
+
+    trainer = Trainer(config, workdir)   # loads or resumes; nothing runs yet
+    trainer.run()                        # iterations up to config.num_steps, then export
+
+Layout of a workdir:
+
+    config.json                 the locked config of the run
+    checkpoints/<step>/         orbax: `state` (every network, optimizer state, EMA, step, rng)
+                                and `data` (the input iterator's position)
+    export/<network>/           params checkpoints the sampler and the next stage load
+                                (generator, generator_ema, critic)
+    metrics.jsonl, tensorboard/ metrics
+
+A run restarted on the same workdir resumes from its latest checkpoint, on whatever mesh it is
+given now: the state is restored straight into the new shardings.
+"""
+import contextlib
+import json
+import pathlib
+import time
+import zlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from etils import epath
+
+from cf_jax import checkpoint
+from cf_jax import parallel
+from cf_jax import weights
+from cf_jax.data import pipeline
+from cf_jax.data import records
+from cf_jax.training import ar_diffusion
+from cf_jax.training import consistency
+from cf_jax.training import dmd
+from cf_jax.training import ode
+from cf_jax.training.metrics import MetricWriter
+from cf_jax.training.stage import Network, Stage
+from cf_jax.training.state import TrainState
+
+STAGES = {"ar_diffusion": ar_diffusion, "ode": ode, "consistency": consistency, "dmd": dmd}
+
+
+def abstract_params(network: Network, data: ml_collections.ConfigDict):
+  """Parameter shapes of a network, boxed with their logical axis names; nothing allocated."""
+  cfg = network.model.config
+  x = jax.ShapeDtypeStruct((1, 1, data.latent_height, data.latent_width, cfg.in_dim), jnp.float32)
+  t = jax.ShapeDtypeStruct((1, 1), jnp.float32)
+  context = jax.ShapeDtypeStruct((1, cfg.text_len, cfg.text_dim), jnp.float32)
+  return jax.eval_shape(lambda *a: network.model.init(jax.random.key(0), *a), x, t, context)["params"]
+
+
+def _with_sharding(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class Trainer:
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    if config.trainer not in STAGES:
+      raise ValueError(f"trainer {config.trainer!r}: choose one of {sorted(STAGES)}")
+    self.config = config
+    self.workdir = epath.Path(workdir)
+    self.mesh = parallel.make_mesh(**config.mesh)
+    self.rules = tuple(tuple(r) for r in config.sharding_rules)
+    self.stage: Stage = STAGES[config.trainer].make_stage(config)
+    self._check_batch()
+
+    boxed = {name: abstract_params(net, config.data) for name, net in self.stage.networks.items()}
+    self.param_shardings = {
+        name: parallel.param_shardings(b, self.mesh, self.rules) for name, b in boxed.items()
+    }
+    abstract = {name: _with_sharding(nn.unbox(b), self.param_shardings[name]) for name, b in boxed.items()}
+
+    trainable = {n: abstract[n] for n in self.stage.trainable}
+    with self._context():
+      init_state = jax.jit(self._init_state)
+      self.state_shardings = init_state.lower(trainable).compile().output_shardings
+    self.abstract_state = _with_sharding(jax.eval_shape(self._init_state, trainable), self.state_shardings)
+
+    self.frozen = self._frozen_inputs()
+    self.batch_sharding = parallel.batch_sharding(self.mesh, 1, self.rules)
+    self._data = pipeline.host_batches(
+        pipeline.source(config.data, self.stage.fields),
+        config.batch_size // jax.process_count(),
+        config.data.shuffle_seed,
+    )
+    self.manager = ocp.CheckpointManager(
+        self.workdir / "checkpoints",
+        item_names=("state", "data"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+    )
+    latest = self.manager.latest_step()
+    if latest is None:
+      params = {n: self._load(n) for n in self.stage.trainable}
+      with self._context():
+        self.state = init_state(params)
+    else:
+      restored = self.manager.restore(
+          latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(self.abstract_state),
+                                          data=ocp.args.JsonRestore())
+      )
+      self.state = restored["state"]
+      self._data.set_state(restored["data"])
+    self._updates = {u.name: self._compile(u.fn) for u in self.stage.updates}
+    self._write_config()
+
+  # -- set-up -----------------------------------------------------------------------------
+
+  @contextlib.contextmanager
+  def _context(self):
+    """Mesh and logical-axis rules for tracing and running the steps."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  def _check_batch(self):
+    c = self.config
+    shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    if c.batch_size % (shards * c.grad_accum):
+      raise ValueError(f"batch_size {c.batch_size} must split over {shards} data-parallel devices × "
+                       f"grad_accum {c.grad_accum}; change --config.batch_size or the mesh")
+    if c.batch_size % jax.process_count():
+      raise ValueError(f"batch_size {c.batch_size} must split over {jax.process_count()} hosts")
+
+  def _init_state(self, params: dict[str, Any]) -> TrainState:
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state={n: tx.init(params[n]) for n, tx in self.stage.trainable.items()},
+        ema={n: jax.tree.map(jnp.copy, params[n]) for n in self.stage.ema},
+        rng=jax.random.key_data(jax.random.key(self.config.seed)),
+    )
+
+  def _load(self, name: str) -> Any:
+    """Initial params of a network on the mesh: from its checkpoint, or random when none is set."""
+    net = self.stage.networks[name]
+    shardings = self.param_shardings[name]
+    if net.init:
+      _, params = weights.load_wan(net.init, net.model.config, net.entry)
+      return jax.device_put(params, shardings)
+    print(f"{name}: no init checkpoint set, random initialization")
+    cfg, data = net.model.config, self.config.data
+    x = jnp.zeros((1, 1, data.latent_height, data.latent_width, cfg.in_dim))
+    init = lambda key: nn.unbox(net.model.init(key, x, jnp.zeros((1, 1)), jnp.zeros((1, cfg.text_len, cfg.text_dim))))
+    with self._context():
+      key = jax.random.fold_in(jax.random.key(self.config.seed), zlib.crc32(name.encode()))
+      return jax.jit(init, out_shardings={"params": shardings})(key)["params"]
+
+  def _frozen_inputs(self) -> dict[str, Any]:
+    frozen = {n: self._load(n) for n in self.stage.networks if n not in self.stage.trainable}
+    if self.stage.needs_negative_prompt:
+      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      frozen["negative_prompt_embeds"] = jax.device_put(negative_prompt_embeds(self.config.data), replicated)
+    return frozen
+
+  def _compile(self, fn):
+    frozen_shardings = jax.tree.map(lambda x: x.sharding, self.frozen)
+    return jax.jit(
+        fn,
+        in_shardings=(self.state_shardings, frozen_shardings, self.batch_sharding),
+        out_shardings=(self.state_shardings, None),
+        donate_argnums=(0,),
+    )
+
+  def _write_config(self):
+    if jax.process_index() == 0:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=1))
+
+  # -- loop -------------------------------------------------------------------------------
+
+  def _next_batch(self) -> dict[str, jax.Array]:
+    local = next(self._data)
+    return {
+        k: jax.make_array_from_process_local_data(parallel.batch_sharding(self.mesh, v.ndim, self.rules), v)
+        for k, v in local.items()
+    }
+
+  def run(self) -> dict[str, float]:
+    """Iterates to config.num_steps (checkpointing on the way), exports, returns the last
+    logged metrics."""
+    c = self.config
+    start = int(self.state.step)
+    writer = MetricWriter(str(self.workdir), c.tensorboard, c.wandb, json.loads(c.to_json_best_effort()))
+    progress = tqdm.tqdm(total=c.num_steps, initial=start, desc=c.trainer, unit="it",
+                         disable=jax.process_index() != 0)
+    logged, last = {}, {}
+    tick, videos = time.perf_counter(), 0
+    with self._context():
+      for n in range(start, c.num_steps):
+        for update in self.stage.updates:
+          if n % update.every == 0:
+            self.state, metrics = self._updates[update.name](self.state, self.frozen, self._next_batch())
+            last.update({f"{update.name}/{k}": v for k, v in metrics.items()})
+            videos += c.batch_size
+        self.state = self.state.replace(step=self.state.step + 1)
+        progress.update(1)
+        done = n + 1
+        if done % c.log_every == 0 or done == c.num_steps:
+          logged = {k: float(v) for k, v in jax.device_get(last).items()}
+          elapsed = time.perf_counter() - tick
+          logged["perf/seconds_per_iteration"] = elapsed / c.log_every
+          logged["perf/videos_per_second"] = videos / elapsed
+          tick, videos = time.perf_counter(), 0
+          writer.write(done, logged)
+          progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items() if k.endswith("loss")})
+        if done % c.checkpoint_every == 0 or done == c.num_steps:
+          self.save()
+    progress.close()
+    writer.close()
+    self.manager.wait_until_finished()
+    self.export()
+    return logged
+
+  def save(self):
+    step = int(self.state.step)
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(self.state), data=ocp.args.JsonSave(self._data.get_state())),
+    )
+
+  def export(self) -> dict[str, pathlib.Path]:
+    """Writes each trained network (and EMA) as a params checkpoint under export/."""
+    out = {}
+    sources = {**self.state.params, **{f"{n}_ema": p for n, p in self.state.ema.items()}}
+    for name, params in sources.items():
+      net = self.stage.networks[name.removesuffix("_ema")]
+      path = self.workdir / "export" / name
+      info = {"network": weights.NETWORKS["wan"].name, "config": checkpoint.config_dict(net.model.config)}
+      checkpoint.save_params(path, params, info, overwrite=True)
+      out[name] = path
+    return out
+
+
+def negative_prompt_embeds(data: ml_collections.ConfigDict) -> np.ndarray:
+  """The negative prompt's embedding [Lt, D_text]: from a `.npy` file, or the first record of an
+  encode_prompts directory; the synthetic source uses zeros (its 'unconditional' class)."""
+  path = data.negative_prompt_embeds
+  if not path:
+    if data.kind == "synthetic":
+      return np.zeros((data.text_len, data.text_dim), np.float32)
+    raise ValueError("data.negative_prompt_embeds is empty: encode the negative prompt (see README) and set it")
+  path = pathlib.Path(path)
+  if path.suffix == ".npy":
+    if not path.is_file():
+      raise ValueError(f"data.negative_prompt_embeds: {path} does not exist")
+    return np.load(path).astype(np.float32)
+  return np.asarray(next(records.iterate(path))["prompt_embeds"], np.float32)
+

@@ -1,0 +1,12 @@
+"""Stage 1, chunkwise: AR diffusion with teacher forcing from Wan2.1-T2V-1.3B.
+Reads latent videos with prompt embeddings; writes export/generator (the AR teacher).
+
+  python -m cf_jax.train --config configs/ar_diffusion_chunkwise.py --workdir runs/ar_diffusion_chunkwise
+  python -m cf_jax.train --config configs/ar_diffusion_chunkwise.py:tiny --workdir /tmp/ar_diffusion_chunkwise   # tiny model, synthetic data, CPU
+"""
+from cf_jax.training import config as base
+
+
+def get_config(variant: str = ""):
+  c = base.ar_diffusion("chunkwise")
+  return base.tiny(c) if variant == "tiny" else c

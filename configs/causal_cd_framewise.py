@@ -1,0 +1,12 @@
+"""Stage 2b, framewise: causal consistency distillation (Causal Forcing++) against the
+stage-1 AR teacher. Reads latent videos with prompt embeddings; writes export/generator_ema.
+
+  python -m cf_jax.train --config configs/causal_cd_framewise.py --workdir runs/causal_cd_framewise
+  python -m cf_jax.train --config configs/causal_cd_framewise.py:tiny --workdir /tmp/causal_cd_framewise   # tiny model, synthetic data, CPU
+"""
+from cf_jax.training import config as base
+
+
+def get_config(variant: str = ""):
+  c = base.causal_cd("framewise")
+  return base.tiny(c) if variant == "tiny" else c

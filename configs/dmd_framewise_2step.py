@@ -1,0 +1,14 @@
+"""Stage 3, frame-wise, 2-step (Causal Forcing++): DMD from the consistency-distilled
+generator; the first block keeps the 4-step list, the others use (1000, 500).
+
+  python -m cf_jax.train --config configs/dmd_framewise_2step.py --workdir runs/dmd_framewise_2step
+  python -m cf_jax.train --config configs/dmd_framewise_2step.py:tiny --workdir /tmp/dmd_framewise_2step   # tiny model, synthetic data, CPU
+"""
+from cf_jax.training import config as base
+
+
+def get_config(variant: str = ""):
+  c = base.dmd("framewise", init="runs/causal_cd_framewise/export/generator_ema")
+  c.denoising_steps = (1000, 500)
+  c.dmd.first_block_denoising_steps = (1000, 750, 500, 250)
+  return base.tiny(c) if variant == "tiny" else c
