@@ -92,31 +92,6 @@ def test_pt_checkpoint_entries_load_and_differ():
   assert max_err(fake_flow, to_channels_last(d["critic_fake_flow_pred_raw"])) < FORWARD_ATOL
 
 
-def teacher_forcing_loss(p, d):
-  """Stage-1 loss with the fixture's draws: mean_{b,f}(w · mean_{h,w,c}((v̂ − (ε − x0))²))."""
-  x0 = to_channels_last(d["clean_latents"])
-  noise = to_channels_last(d["tfloss_nfpb3_noise"])
-  flow = wan.WanModel(CFG).apply(
-      {"params": p}, to_channels_last(d["tfloss_nfpb3_noisy_latents"]), d["tfloss_nfpb3_timestep"],
-      d["prompt_embeds"], wan.Layout.block_causal(3), clean_x=x0,
-  )
-  per_frame = jnp.mean(jnp.square(flow - (noise - x0)), axis=(2, 3, 4))  # [B, F]
-  return jnp.mean(per_frame * d["tfloss_nfpb3_training_weight"]), flow
-
-
-def test_teacher_forcing_loss_gradients_match_reference():
-  d = load_fixture("tf_loss")
-  (loss, flow), grads = jax.jit(jax.value_and_grad(teacher_forcing_loss, has_aux=True))(params(), d)
-  assert max_err(flow, to_channels_last(d["tfloss_nfpb3_flow_pred"])) < FORWARD_ATOL
-  assert abs(float(loss) - float(d["tfloss_nfpb3_loss"][0])) < FORWARD_ATOL
-  reference = load_fixture("tfloss_nfpb3_grads")
-  ours = convert_wan.params_to_torch(grads, CFG)
-  assert ours.keys() == reference.keys()
-  errors = {k: max_err(ours[k], reference[k]) for k in ours}
-  worst = max(errors, key=errors.get)
-  assert errors[worst] < GRAD_ATOL, (worst, errors[worst])
-
-
 @pytest.mark.parametrize("policy", ["full", "dots_no_batch"])
 def test_remat_policies_keep_values_and_gradients(policy):
   d = load_fixture("tf_loss")
