@@ -53,7 +53,7 @@ def apply_gradients(
   state = state.replace(
       params={**state.params, name: params}, opt_state={**state.opt_state, name: opt_state}
   )
-  return state, optax.global_norm(grads)
+  return state, optax.tree.norm(grads)
 
 
 def minimize(

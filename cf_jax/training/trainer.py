@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import tqdm
 from etils import epath
@@ -77,11 +78,10 @@ class Trainer:
     }
     abstract = {name: _with_sharding(nn.unbox(b), self.param_shardings[name]) for name, b in boxed.items()}
 
-    trainable = {n: abstract[n] for n in self.stage.trainable}
-    with self._context():
-      init_state = jax.jit(self._init_state)
-      self.state_shardings = init_state.lower(trainable).compile().output_shardings
-    self.abstract_state = _with_sharding(jax.eval_shape(self._init_state, trainable), self.state_shardings)
+    abstract_state = jax.eval_shape(self._init_state, {n: abstract[n] for n in self.stage.trainable})
+    self.state_shardings = self._state_shardings(abstract_state)
+    self.abstract_state = _with_sharding(abstract_state, self.state_shardings)
+    init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
 
     self.frozen = self._frozen_inputs()
     self.batch_sharding = parallel.batch_sharding(self.mesh, 1, self.rules)
@@ -134,6 +134,25 @@ class Trainer:
         opt_state={n: tx.init(params[n]) for n, tx in self.stage.trainable.items()},
         ema={n: jax.tree.map(jnp.copy, params[n]) for n in self.stage.ema},
         rng=jax.random.key_data(jax.random.key(self.config.seed)),
+    )
+
+  def _state_shardings(self, abstract_state: TrainState) -> TrainState:
+    """Optimizer moments and EMA shadows are sharded like their parameters; counters, step and
+    rng are replicated."""
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    opt = {
+        n: optax.tree_utils.tree_map_params(
+            tx, lambda _, s: s, abstract_state.opt_state[n], self.param_shardings[n],
+            transform_non_params=lambda _: replicated,
+        )
+        for n, tx in self.stage.trainable.items()
+    }
+    return TrainState(
+        step=replicated,
+        params={n: self.param_shardings[n] for n in self.stage.trainable},
+        opt_state=opt,
+        ema={n: self.param_shardings[n] for n in self.stage.ema},
+        rng=replicated,
     )
 
   def _load(self, name: str) -> Any:
