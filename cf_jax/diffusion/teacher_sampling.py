@@ -10,6 +10,7 @@
 
 Conditional and unconditional passes run as one batch of 2B, so guidance costs one call.
 """
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -66,17 +67,21 @@ def sample_ode_trajectory(
   endpoint and the clean latents (the reference's stored ODE pair, §4.2)."""
   grid = fm.ode_grid()
   context = jnp.concatenate([cond, uncond])
-
-  def call(p, x, t):
-    t = jnp.full(x.shape[:2], t)
-    return model.apply({"params": p}, x, t, context, layout, clean_x=_twice(clean))
-
-  call = jax.jit(call)
-  flow_fn = lambda x, t: _guided(call(params, _twice(x), t), guidance_weight)
+  call = _full_sequence_call(model, layout)
+  flow_fn = lambda x, t: _guided(call(params, _twice(x), t, context, _twice(clean)), guidance_weight)
   sigmas = np.append(np.asarray(grid.sigmas, np.float64), 0.0)
   end, states = solvers.euler(flow_fn, noise, np.asarray(grid.timesteps), sigmas, record)
   final = clean if clean is not None else end
   return jnp.stack([*states, end, final], axis=1)
+
+
+@functools.cache
+def _full_sequence_call(model: wan.WanModel, layout: wan.Layout):
+  """One jitted full-sequence forward per (model, layout), shared by every batch and step."""
+  def call(p, x, t, context, clean):
+    return model.apply({"params": p}, x, jnp.full(x.shape[:2], t), context, layout, clean_x=clean)
+
+  return jax.jit(call)
 
 
 def sample_autoregressive(

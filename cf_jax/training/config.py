@@ -101,6 +101,30 @@ def causal_ode(layout: str) -> ml_collections.ConfigDict:
   return c
 
 
+def ode_data(layout: str) -> ml_collections.ConfigDict:
+  """ODE-pair generation with the stage-1 AR teacher (get_causal_ode_data_<layout>.py): CFG 6 on
+  the 48-step grid, each block conditioned on the ground-truth history."""
+  c = ml_collections.ConfigDict()
+  c.frames_per_block = LAYOUTS[layout]
+  c.model = "t2v_1_3b"
+  c.teacher = "autoregressive"  # or 'bidirectional': the Self Forcing-style teacher, for comparison
+  c.init = ml_collections.ConfigDict(dict(generator=f"runs/ar_diffusion_{layout}/export/generator",
+                                          generator_entry=config_dict.placeholder(str)))
+  c.guidance_scale = 6.0  # the scripts' argparse default (spec §11.1), not the configs' 3.0
+  c.seed = 0
+  c.batch_size = 8  # videos per teacher call on this host (split over its devices)
+  c.items_per_shard = 64
+  c.num_examples = 0  # 0: every record of data.path
+  c.output_dtype = "float16"  # the reference's LMDB stores fp16
+  c.compute_dtype = "float32"  # the reference runs the teacher in fp32
+  c.attention_backend = "xla"
+  c.remat_policy = "none"
+  c.data = base("ode", 1).data
+  c.data.path = "data/latents"
+  c.data.negative_prompt_embeds = "data/negative_prompt"
+  return c
+
+
 def causal_cd(layout: str) -> ml_collections.ConfigDict:
   """Stage 2b (Causal Forcing++): student, EMA target and teacher all from the stage-1 export
   (causal_cd_<layout>.yaml). The EMA runs from step 0."""
@@ -140,19 +164,19 @@ def dmd(layout: str, init: str) -> ml_collections.ConfigDict:
 
 
 def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config shrunk to a random tiny model on synthetic data: 2 CPU cores, seconds."""
+  """The config shrunk to random tiny models on synthetic data: 2 CPU cores, seconds."""
   c.model = "tiny"
-  c.num_steps = 2
   c.batch_size = 8
   c.compute_dtype = "float32"
   c.remat_policy = "none"
-  c.mesh.update(data=-1, fsdp=1, tensor=1)
   c.data.update(kind="synthetic", num_frames=6, latent_height=8, latent_width=8, channels=16,
                 num_examples=16, num_classes=4, text_len=16, text_dim=64, negative_prompt_embeds="")
-  for name in ("generator", "teacher", "critic", "real_score"):
-    c.init[name] = ""
+  for name in c.init:
+    if not name.endswith("_entry"):
+      c.init[name] = ""
+  if c.get("trainer"):  # a training stage (not ODE-pair generation)
+    c.update(num_steps=2, log_every=1, checkpoint_every=1)
+    c.mesh.update(data=-1, fsdp=1, tensor=1)
   if "dmd" in c:
     c.dmd.update(real_model="tiny", critic_model="tiny")
-  c.log_every = 1
-  c.checkpoint_every = 1
   return c

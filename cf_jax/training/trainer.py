@@ -57,6 +57,21 @@ def abstract_params(network: Network, data: ml_collections.ConfigDict):
   return jax.eval_shape(lambda *a: network.model.init(jax.random.key(0), *a), x, t, context)["params"]
 
 
+def initial_params(network: Network, name: str, data: ml_collections.ConfigDict, seed: int, shardings=None):
+  """A network's params from its init checkpoint, or random (keyed by seed and name) when it has
+  none; placed with `shardings` when given."""
+  if network.init:
+    _, params = weights.load_wan(network.init, network.model.config, network.entry)
+    return jax.device_put(params, shardings) if shardings is not None else jax.device_put(params)
+  print(f"{name}: no init checkpoint set, random initialization")
+  cfg = network.model.config
+  x = jnp.zeros((1, 1, data.latent_height, data.latent_width, cfg.in_dim))
+  context = jnp.zeros((1, cfg.text_len, cfg.text_dim))
+  init = lambda key: nn.unbox(network.model.init(key, x, jnp.zeros((1, 1)), context))["params"]
+  key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()))
+  return jax.jit(init, out_shardings=shardings)(key)
+
+
 def _with_sharding(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
@@ -156,19 +171,10 @@ class Trainer:
     )
 
   def _load(self, name: str) -> Any:
-    """Initial params of a network on the mesh: from its checkpoint, or random when none is set."""
-    net = self.stage.networks[name]
-    shardings = self.param_shardings[name]
-    if net.init:
-      _, params = weights.load_wan(net.init, net.model.config, net.entry)
-      return jax.device_put(params, shardings)
-    print(f"{name}: no init checkpoint set, random initialization")
-    cfg, data = net.model.config, self.config.data
-    x = jnp.zeros((1, 1, data.latent_height, data.latent_width, cfg.in_dim))
-    init = lambda key: nn.unbox(net.model.init(key, x, jnp.zeros((1, 1)), jnp.zeros((1, cfg.text_len, cfg.text_dim))))
+    """Initial params of a network, placed on the mesh."""
     with self._context():
-      key = jax.random.fold_in(jax.random.key(self.config.seed), zlib.crc32(name.encode()))
-      return jax.jit(init, out_shardings={"params": shardings})(key)["params"]
+      return initial_params(self.stage.networks[name], name, self.config.data, self.config.seed,
+                            self.param_shardings[name])
 
   def _frozen_inputs(self) -> dict[str, Any]:
     frozen = {n: self._load(n) for n in self.stage.networks if n not in self.stage.trainable}
