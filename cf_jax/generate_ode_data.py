@@ -4,11 +4,7 @@
 
 For every clean latent video of `data.path` (with its prompt embedding), the teacher is sampled
 with CFG on the 48-step grid from fresh noise, every block conditioned on the ground-truth history
-by teacher forcing (spec §4). Records hold `ode_latents [6, F, H, W, C]` — the states at t = 1000,
-937.5, 833.3 and 625, the ODE endpoint and the clean latents — plus `prompt_embeds` and `index`.
-The noise of item i depends only on (seed, i), so the data set is the same however it is split.
-Hosts write disjoint shards, each host splits its batches over its devices, and a rerun after an
-interruption writes only the missing shards.
+(see `cf_jax.training.ode_pairs`). The dataset is written into --workdir; rerun to resume.
 """
 import sys
 
@@ -16,18 +12,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from cf_jax.convert.errors import CheckpointError
-from cf_jax.data import pipeline
-from cf_jax.data import records
-from cf_jax.diffusion import teacher_sampling
-from cf_jax.models import wan
-from cf_jax.training import trainer
-from cf_jax.training.stage import Network, build_model
+from cf_jax.training import ode_pairs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/ode_data_<layout>.py[:tiny]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output dataset directory.", required=True)
@@ -37,45 +25,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (GPU clusters).")
 
 
-def generate(config, out_dir: str):
-  """Writes the ODE-pair dataset of `config` into `out_dir` (skipping finished shards)."""
-  if config.teacher not in ("autoregressive", "bidirectional"):
-    raise ValueError(f"teacher {config.teacher!r}: choose 'autoregressive' or 'bidirectional'")
-  causal = config.teacher == "autoregressive"
-  layout = wan.Layout.block_causal(config.frames_per_block) if causal else wan.Layout.bidirectional()
-  teacher = Network(build_model(config, config.model), layout, config.init.generator, config.init.generator_entry)
-  mesh = Mesh(np.array(jax.local_devices()), ("data",))
-  params = trainer.initial_params(teacher, "teacher", config.data, config.seed, NamedSharding(mesh, P()))
-  split = NamedSharding(mesh, P("data"))
-  source = pipeline.source(config.data, ("latents", "prompt_embeds"))
-  negative = trainer.negative_prompt_embeds(config.data)
-  count = len(source) if not config.num_examples else min(config.num_examples, len(source))
-  key = jax.random.key(config.seed)
-
-  def encode_batch(indices, first):
-    items = [source[i] for i in indices]
-    pad = -len(items) % mesh.size  # whole batches for every device; the padding is dropped
-    stack = lambda k: np.stack([it[k] for it in items] + [items[-1][k]] * pad)
-    clean, cond = stack("latents"), stack("prompt_embeds")
-    noise = np.stack([jax.random.normal(jax.random.fold_in(key, first + j), clean.shape[1:])
-                      for j in range(len(clean))])
-    uncond = np.broadcast_to(negative, cond.shape)
-    clean, cond, uncond, noise = (jax.device_put(a, split) for a in (clean, cond, uncond, noise))
-    pairs = teacher_sampling.sample_ode_trajectory(
-        teacher.model, params, noise, clean if causal else None, cond, uncond, layout, config.guidance_scale)
-    # The last entry is always the ground truth (the stage-2a teacher-forcing context).
-    pairs = jnp.concatenate([pairs[:, :-1], clean[:, None]], axis=1)
-    pairs = np.asarray(pairs[: len(items)]).astype(config.output_dtype)
-    return [{"index": first + j, "ode_latents": pairs[j], "prompt_embeds": np.asarray(items[j]["prompt_embeds"])}
-            for j in range(len(items))]
-
-  return records.write_sharded(
-      out_dir, list(range(count)), encode_batch, config.items_per_shard, config.batch_size, "ODE pairs",
-      metadata={"kind": "ode_pairs", "teacher": config.teacher, "guidance_scale": config.guidance_scale,
-                "frames_per_block": config.frames_per_block},
-  )
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -83,7 +32,7 @@ def main(argv):
   if _MULTIHOST.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
-    out = generate(_CONFIG.value, _WORKDIR.value)
+    out = ode_pairs.generate(_CONFIG.value, _WORKDIR.value)
   except (CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -17,12 +17,13 @@ import jax
 from ml_collections import config_flags
 
 from cf_jax.convert.errors import CheckpointError
+from cf_jax.recipes import toy
 from cf_jax.training.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (configs/<stage>.py[:tiny]).",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local or gs://): checkpoints, exports, metrics.",
-                               required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local or gs://): checkpoints, exports, metrics "
+                               "(default for the toy recipe: runs/toy).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (several hosts).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (GPU clusters).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (GPU clusters).")
@@ -38,8 +39,14 @@ def main(argv):
     sys.exit(1)
   if _MULTIHOST.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  config = _CONFIG.value
   try:
-    trainer = Trainer(_CONFIG.value, _WORKDIR.value)
+    if config.trainer == "toy_recipe":
+      toy.run(config, _WORKDIR.value or "runs/toy")
+      return
+    if not _WORKDIR.value:
+      raise ValueError("--workdir is required, e.g. --workdir runs/ar_diffusion_chunkwise")
+    trainer = Trainer(config, _WORKDIR.value)
     metrics = trainer.run()
   except (CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

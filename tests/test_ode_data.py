@@ -6,9 +6,9 @@ import pathlib
 import jax
 import numpy as np
 
-from cf_jax import generate_ode_data
 from cf_jax.data import pipeline
 from cf_jax.data import records
+from cf_jax.training import ode_pairs
 from cf_jax.training.trainer import Trainer
 from tests.test_training import tiny_config
 
@@ -27,7 +27,7 @@ def ode_config(**overrides):
 def test_ode_pairs_layout_resume_and_training(tmp_path):
   c = ode_config()
   out = tmp_path / "pairs"
-  generate_ode_data.generate(c, str(out))
+  ode_pairs.generate(c, str(out))
   first = sorted(records.iterate(out), key=lambda r: r["index"])
   assert [r["index"] for r in first] == list(range(8))
   source = pipeline.source(c.data, ("latents", "prompt_embeds"))
@@ -45,7 +45,7 @@ def test_ode_pairs_layout_resume_and_training(tmp_path):
   assert len(shards) == 3
   shards[1].unlink()
   (out / records.MANIFEST).unlink()
-  generate_ode_data.generate(c, str(out))
+  ode_pairs.generate(c, str(out))
   again = sorted(records.iterate(out), key=lambda r: r["index"])
   assert [r["index"] for r in again] == list(range(8))
   for a, b in zip(first, again):
@@ -61,7 +61,7 @@ def test_ode_pairs_layout_resume_and_training(tmp_path):
 
 def test_bidirectional_teacher_keeps_the_ground_truth_last(tmp_path):
   c = ode_config(teacher="bidirectional", num_examples=2)
-  generate_ode_data.generate(c, str(tmp_path))
+  ode_pairs.generate(c, str(tmp_path))
   source = pipeline.source(c.data, ("latents",))
   for r in records.iterate(tmp_path):
     np.testing.assert_allclose(r["ode_latents"][-1].astype(np.float32), source[r["index"]]["latents"], atol=4e-3)

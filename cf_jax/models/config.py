@@ -63,6 +63,12 @@ class WanConfig:
     return cls(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 
   @classmethod
+  def toy(cls) -> "WanConfig":
+    """The toy recipe's model: 4-channel videos, 4 text tokens, 2 layers of width 64."""
+    return cls(dim=64, ffn_dim=128, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=16, text_len=4,
+               freq_dim=64)
+
+  @classmethod
   def tiny(cls) -> "WanConfig":
     """The reference fixtures' model: 2 layers, width 128, 4 heads of 32."""
     return cls(dim=128, ffn_dim=256, num_heads=4, num_layers=2, text_dim=64, text_len=16)
@@ -91,4 +97,4 @@ class WanConfig:
     return cls(**kwargs)
 
 
-PRESETS = {"t2v_1_3b": WanConfig.t2v_1_3b, "t2v_14b": WanConfig.t2v_14b, "tiny": WanConfig.tiny}
+PRESETS = {"t2v_1_3b": WanConfig.t2v_1_3b, "t2v_14b": WanConfig.t2v_14b, "tiny": WanConfig.tiny, "toy": WanConfig.toy}

@@ -4,6 +4,9 @@ The block-causal generator, initialized from the bidirectional Wan weights, lear
 every block given the clean earlier blocks: one forward over [clean; noisy] tokens with the
 teacher-forcing mask. Timesteps are drawn per block; the loss is the flow MSE weighted by the
 grid's training weights.
+
+With `causal = False` the same loss trains a bidirectional model, one timestep per video and no
+clean context: the Wan pretraining objective, which the toy recipe uses to make its teacher.
 """
 import jax
 import jax.numpy as jnp
@@ -33,12 +36,12 @@ def loss(
   precision) t is rounded to bfloat16 before it reaches the noise, the model and the weights.
   """
   grid = generator.grid
-  k = generator.layout.frames_per_block
+  k = generator.layout.frames_per_block if generator.layout.causal else x0.shape[1]
   t = grid.timesteps[losses.tie_to_blocks(index, k)]  # [B, F]
   if bf16_timesteps:
     t = fm.bf16_round(t)
   x_t = fm.add_noise(x0, noise, t, grid, generator.snap)
-  clean, aug_t = x0, None
+  clean, aug_t = (x0 if generator.layout.causal else None), None
   if aug_index is not None:
     aug_t = grid.timesteps[losses.tie_to_blocks(aug_index, k)]
     clean = fm.add_noise(x0, noise, aug_t, grid, generator.snap)
@@ -48,7 +51,7 @@ def loss(
 
 
 def make_stage(config: ml_collections.ConfigDict) -> Stage:
-  layout = wan.Layout.block_causal(config.frames_per_block)
+  layout = wan.Layout.block_causal(config.frames_per_block) if config.causal else wan.Layout.bidirectional()
   network = Network(build_model(config, config.model), layout, config.init.generator, config.init.generator_entry)
   generator = Denoiser(network.model, layout, snap=config.quirks.snap_sigma)
   tx = state_lib.make_optimizer(config.optimizer)

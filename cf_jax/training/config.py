@@ -31,6 +31,7 @@ def base(trainer: str, frames_per_block: int) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.trainer = trainer  # one of STAGES
   c.frames_per_block = frames_per_block  # 3 chunk-wise, 1 frame-wise
+  c.causal = True  # stage 1 only: False trains a bidirectional model (no teacher forcing)
   c.model = "t2v_1_3b"  # generator preset (cf_jax.models.config.PRESETS)
   c.seed = 0
   c.num_steps = 5000  # iterations (the reference loops until stopped; its README: 2K–10K)
@@ -48,7 +49,7 @@ def base(trainer: str, frames_per_block: int) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       kind="records",  # 'records' (ArrayRecord directory) or 'synthetic'
       path="",
-      negative_prompt_embeds="",  # .npy [Lt, D_text] or an encode_prompts directory (its first record)
+      negative_prompt_embeds="",  # .npy [Lt, D_text], an encode_prompts directory (its first record) or 'zeros'
       shuffle_seed=0,
       # Video shape in latents: the DMD rollout's noise, and the synthetic source.
       num_frames=21, latent_height=60, latent_width=104, channels=16,

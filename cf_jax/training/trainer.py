@@ -215,7 +215,7 @@ class Trainer:
     progress = tqdm.tqdm(total=c.num_steps, initial=start, desc=c.trainer, unit="it",
                          disable=jax.process_index() != 0)
     logged, last = {}, {}
-    tick, videos = time.perf_counter(), 0
+    tick, videos, iterations = time.perf_counter(), 0, 0
     with self._context():
       for n in range(start, c.num_steps):
         for update in self.stage.updates:
@@ -224,14 +224,15 @@ class Trainer:
             last.update({f"{update.name}/{k}": v for k, v in metrics.items()})
             videos += c.batch_size
         self.state = self.state.replace(step=self.state.step + 1)
+        iterations += 1
         progress.update(1)
         done = n + 1
         if done % c.log_every == 0 or done == c.num_steps:
           logged = {k: float(v) for k, v in jax.device_get(last).items()}
           elapsed = time.perf_counter() - tick
-          logged["perf/seconds_per_iteration"] = elapsed / c.log_every
+          logged["perf/seconds_per_iteration"] = elapsed / iterations
           logged["perf/videos_per_second"] = videos / elapsed
-          tick, videos = time.perf_counter(), 0
+          tick, videos, iterations = time.perf_counter(), 0, 0
           writer.write(done, logged)
           progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items() if k.endswith("loss")})
         if done % c.checkpoint_every == 0 or done == c.num_steps:
@@ -264,11 +265,11 @@ class Trainer:
 
 def negative_prompt_embeds(data: ml_collections.ConfigDict) -> np.ndarray:
   """The negative prompt's embedding [Lt, D_text]: from a `.npy` file, or the first record of an
-  encode_prompts directory; the synthetic source uses zeros (its 'unconditional' class)."""
+  encode_prompts directory; 'zeros' (the default of the synthetic source) is the zero embedding."""
   path = data.negative_prompt_embeds
+  if path == "zeros" or (not path and data.kind == "synthetic"):
+    return np.zeros((data.text_len, data.text_dim), np.float32)
   if not path:
-    if data.kind == "synthetic":
-      return np.zeros((data.text_len, data.text_dim), np.float32)
     raise ValueError("data.negative_prompt_embeds is empty: encode the negative prompt (see README) and set it")
   path = pathlib.Path(path)
   if path.suffix == ".npy":
