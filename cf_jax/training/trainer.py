@@ -122,7 +122,7 @@ class Trainer:
       )
       self.state = restored["state"]
       self._data.set_state(restored["data"])
-    self._updates = {u.name: self._compile(u.fn) for u in self.stage.updates}
+    self.updates = {u.name: self._compile(u.fn) for u in self.stage.updates}
     self._write_config()
 
   # -- set-up -----------------------------------------------------------------------------
@@ -199,7 +199,7 @@ class Trainer:
 
   # -- loop -------------------------------------------------------------------------------
 
-  def _next_batch(self) -> dict[str, jax.Array]:
+  def next_batch(self) -> dict[str, jax.Array]:
     local = next(self._data)
     return {
         k: jax.make_array_from_process_local_data(parallel.batch_sharding(self.mesh, v.ndim, self.rules), v)
@@ -220,7 +220,7 @@ class Trainer:
       for n in range(start, c.num_steps):
         for update in self.stage.updates:
           if n % update.every == 0:
-            self.state, metrics = self._updates[update.name](self.state, self.frozen, self._next_batch())
+            self.state, metrics = self.updates[update.name](self.state, self.frozen, self.next_batch())
             last.update({f"{update.name}/{k}": v for k, v in metrics.items()})
             videos += c.batch_size
         self.state = self.state.replace(step=self.state.step + 1)
