@@ -15,6 +15,7 @@ from typing import Any
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import ml_dtypes
 import msgpack
 import numpy as np
@@ -85,6 +86,8 @@ def write_sharded(
       writer.close()
     os.replace(tmp, final)
   progress.close()
+  if jax.process_count() > 1:  # every host's shards are on disk before process 0 looks
+    multihost_utils.sync_global_devices(f"write_sharded:{out}")
   if all((out / shard_name(i, count)).exists() for i in range(count)) and jax.process_index() == 0:
     manifest = {"num_records": len(items), "num_shards": count, "items_per_shard": items_per_shard, **(metadata or {})}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
