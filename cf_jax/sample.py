@@ -30,10 +30,12 @@ import tqdm
 from cf_jax import video_io
 from cf_jax import weights
 from cf_jax.convert.errors import CheckpointError
+from cf_jax.data import records
 from cf_jax.diffusion import streaming
 from cf_jax.models import vae as vae_lib
 from cf_jax.models import wan
 from cf_jax.models.config import WanConfig
+from cf_jax.text import encoder as text_encoder
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Converted generator (python -m cf_jax.convert), "
                                   "or PyTorch weights together with --model.", required=True)
@@ -41,8 +43,11 @@ _MODEL = flags.DEFINE_string("model", None, "Model preset for PyTorch weights (t
 _ENTRY = flags.DEFINE_string("entry", None, "Entry of a .pt checkpoint (generator, generator_ema).")
 _PROMPT = flags.DEFINE_string("prompt", None, "One prompt.")
 _PROMPTS = flags.DEFINE_string("prompts", None, "A text file, one prompt per line.")
-_EMBEDDINGS = flags.DEFINE_string("embeddings", None, "Precomputed text embeddings: a .npy [N, L, D] "
-                                  "in prompt order.")
+_EMBEDDINGS = flags.DEFINE_string("embeddings", None, "Precomputed text embeddings: a dataset written by "
+                                  "python -m cf_jax.encode_prompts for the same prompts, or a .npy [N, L, D].")
+_T5 = flags.DEFINE_string("t5_checkpoint", None, "Encode the prompts here: converted umT5 or "
+                          "models_t5_umt5-xxl-enc-bf16.pth (with --tokenizer).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory with the google/umt5-xxl spiece.model.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Random text embeddings (smoke test; no text encoder).")
 _IMAGE = flags.DEFINE_string("image", None, "Image-to-video: the first frame (needs --vae_checkpoint, "
                              "frame-wise models).")
@@ -87,8 +92,18 @@ def text_embeddings(prompts: list[str], cfg: WanConfig) -> np.ndarray:  # [N, L,
   if _DRY_RUN.value:
     rng = np.random.default_rng(_SEED.value)
     return rng.standard_normal((len(prompts), cfg.text_len, cfg.text_dim)).astype(np.float32)
+  if _T5.value:
+    if not _TOKENIZER.value:
+      raise ValueError("--t5_checkpoint needs --tokenizer (the google/umt5-xxl directory)")
+    return text_encoder.TextEncoder.load(_T5.value, _TOKENIZER.value)(prompts)[0]
   if not _EMBEDDINGS.value:
-    raise ValueError("pass --embeddings (from python -m cf_jax.encode_prompts) or --dry_run")
+    raise ValueError("pass --t5_checkpoint and --tokenizer, --embeddings (from python -m cf_jax.encode_prompts), "
+                     "or --dry_run")
+  if pathlib.Path(_EMBEDDINGS.value).is_dir():
+    rows = list(records.iterate(_EMBEDDINGS.value))
+    if [r["prompt"] for r in rows] != prompts:
+      raise ValueError(f"--embeddings {_EMBEDDINGS.value} was encoded from other prompts than the ones given")
+    return np.stack([r["prompt_embeds"] for r in rows]).astype(np.float32)
   embeds = np.load(_EMBEDDINGS.value)
   if embeds.ndim != 3 or embeds.shape[0] != len(prompts) or embeds.shape[2] != cfg.text_dim:
     raise ValueError(f"--embeddings {_EMBEDDINGS.value} has shape {embeds.shape}; expected "

@@ -11,12 +11,15 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from cf_jax import checkpoint
+from cf_jax.convert import t5 as convert_t5
 from cf_jax.convert import vae as convert_vae
 from cf_jax.convert import wan as convert_wan
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.models import config as wan_config
+from cf_jax.models import t5
 from cf_jax.models.config import WanConfig
 from cf_jax.models.vae import VAEConfig
 
@@ -46,17 +49,19 @@ def _load_vae_torch(path, config, entry, dtype):
 NETWORKS = {
     "wan": Network("wan_dit", WanConfig, wan_config.PRESETS, convert_wan.load_params),
     "vae": Network("wan_vae", VAEConfig, {"wan21": VAEConfig.wan21, "tiny": VAEConfig.tiny}, _load_vae_torch),
+    "t5": Network("umt5_encoder", t5.T5Config, t5.PRESETS, convert_t5.load_t5_checkpoint),
 }
 
 
 def is_params_checkpoint(path: str | pathlib.Path) -> bool:
-  """True for a directory written by `checkpoint.save_params` (it has a `model` item)."""
-  path = pathlib.Path(path)
+  """True for a directory written by `checkpoint.save_params` (it has a `model` item); local or
+  gs:// paths."""
+  path = epath.Path(path)
   return path.is_dir() and (path / "model").is_dir() and (path / "params").is_dir()
 
 
 def load(kind: str, path: str | pathlib.Path, config=None, entry: str | None = None, dtype=np.float32):
-  """(config, params) of a network of `kind` ('wan' or 'vae').
+  """(config, params) of a network of `kind` ('wan', 'vae' or 't5').
 
   `path` is a converted checkpoint (its config is read from it; a given `config` must agree), or
   PyTorch weights, which need `config`: for the DiT a `.safetensors` file, sharded index or

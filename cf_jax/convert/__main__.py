@@ -3,6 +3,9 @@
 Examples:
   # the Wan VAE
   python -m cf_jax.convert --kind vae --src wan_models/Wan2.1-T2V-1.3B/Wan2.1_VAE.pth --model wan21 --out ckpt/vae
+  # the umT5-XXL text encoder
+  python -m cf_jax.convert --kind t5 --src wan_models/Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth \
+      --model umt5_xxl --out ckpt/umt5_xxl
   # Wan2.1 base weights (single file, sharded index, or the model directory)
   python -m cf_jax.convert --src wan_models/Wan2.1-T2V-1.3B --model t2v_1_3b --out ckpt/wan_1_3b
   # a Causal Forcing training checkpoint, EMA weights
@@ -31,8 +34,10 @@ _SRC = flags.DEFINE_string("src", None, "PyTorch weights (.safetensors, index .j
                            "or with --reverse a converted checkpoint directory.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output: checkpoint directory, or a .safetensors file with --reverse.",
                            required=True)
-_KIND = flags.DEFINE_enum("kind", "wan", sorted(weights.NETWORKS), "Network: the Wan DiT or the VAE.")
-_MODEL = flags.DEFINE_string("model", None, "Preset: t2v_1_3b, t2v_14b, tiny (DiT); wan21, tiny (VAE).")
+_KIND = flags.DEFINE_enum("kind", "wan", sorted(weights.NETWORKS),
+                          "Network: the Wan DiT, the VAE or the umT5 text encoder.")
+_MODEL = flags.DEFINE_string("model", None, "Preset: t2v_1_3b, t2v_14b, tiny (DiT); wan21, tiny (VAE); "
+                             "umt5_xxl, tiny (t5).")
 _MODEL_CONFIG = flags.DEFINE_string("model_config", None, "A Wan2.1 config.json instead of --model "
                                     "(default: the config.json beside --src, if any).")
 _ENTRY = flags.DEFINE_enum("entry", None, list(convert_wan.TRAINING_ENTRIES),
@@ -74,7 +79,7 @@ def convert() -> str:
 
 def reverse() -> str:
   if _KIND.value != "wan":
-    raise ValueError("--reverse exports the Wan DiT only")
+    raise ValueError(f"--reverse exports the Wan DiT only, not --kind {_KIND.value}")
   cfg, params = weights.load_wan(_SRC.value, dtype=_dtype())
   state_dict = convert_wan.params_to_torch(params, cfg, dtype=_dtype())
   if pathlib.Path(_OUT.value).exists() and not _OVERWRITE.value:

@@ -1,0 +1,82 @@
+"""`python -m cf_jax.encode_prompts`: prompts → umT5 text embeddings as ArrayRecord shards.
+
+  python -m cf_jax.encode_prompts --prompts prompts/vidprom_filtered_extended.txt --out data/prompt_embeds \
+      --t5_checkpoint wan_models/Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth \
+      --tokenizer wan_models/Wan2.1-T2V-1.3B/google/umt5-xxl
+
+One prompt per line. Records hold `prompt_embeds [512, 4096]` (rows past the prompt exactly 0, as
+the reference's text encoder gives them), `length`, `prompt` and `index`. DMD training is data-free
+apart from these, so this is its dataset. Each host writes its own shards and encodes its batches
+over its local devices; an interrupted run resumes where it stopped (`cf_jax.data.records`).
+"""
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from cf_jax.convert.errors import CheckpointError
+from cf_jax.data import records
+from cf_jax.text import encoder as text_encoder
+from cf_jax.text.tokenizer import TokenizerError, clean_prompt
+
+_PROMPTS = flags.DEFINE_string("prompts", None, "Text file, one prompt per line.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output dataset directory.", required=True)
+_T5 = flags.DEFINE_string("t5_checkpoint", None, "Converted umT5 or models_t5_umt5-xxl-enc-bf16.pth.",
+                          required=True)
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory with the google/umt5-xxl spiece.model.",
+                                 required=True)
+_MODEL = flags.DEFINE_enum("model", "umt5_xxl", ["umt5_xxl", "tiny"], "umT5 preset (for a .pth).")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 512, "Tokens per prompt (padded / truncated, EOS kept).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Prompts per encoder call.")
+_ITEMS_PER_SHARD = flags.DEFINE_integer("items_per_shard", 1024, "Prompts per ArrayRecord shard.")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Stored embedding dtype.")
+
+
+def read_prompts(path: str) -> list[str]:
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ValueError(f"--prompts {file} does not exist")
+  prompts = file.read_text(encoding="utf-8").splitlines()
+  for i, p in enumerate(prompts):
+    if not p.strip():
+      raise ValueError(f"{file}: line {i + 1} is empty; remove blank lines")
+    # Checked here, not when its batch comes up: a bad line fails the run before any encoding.
+    if not clean_prompt(p):
+      raise ValueError(f"{file}: line {i + 1} ({p[:40]!r}) is empty after cleaning (HTML entities, whitespace)")
+  if not prompts:
+    raise ValueError(f"{file} holds no prompts")
+  return prompts
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    run()
+  except (CheckpointError, TokenizerError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run():
+  prompts = read_prompts(_PROMPTS.value)
+  encode = text_encoder.TextEncoder.load(_T5.value, _TOKENIZER.value, _MODEL.value, _SEQ_LEN.value)
+
+  def encode_batch(batch, first_index):
+    embeds, lengths = encode(list(batch))
+    embeds = embeds.astype(_DTYPE.value if _DTYPE.value == "float32" else text_encoder.BF16)
+    return [{"index": first_index + i, "prompt": p, "length": int(lengths[i]), "prompt_embeds": embeds[i]}
+            for i, p in enumerate(batch)]
+
+  records.write_sharded(
+      _OUT.value, prompts, encode_batch, _ITEMS_PER_SHARD.value, _BATCH_SIZE.value, "prompts",
+      metadata={"kind": "prompt_embeds", "seq_len": _SEQ_LEN.value, "dtype": _DTYPE.value,
+                "dim": encode.config.dim},
+  )
+  print(f"wrote {len(prompts)} prompt embeddings to {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
