@@ -42,7 +42,7 @@ def main(argv):
   print(f"{config.trainer} ({config.model}, batch {config.batch_size}, {jax.device_count()} × {device})")
   with tempfile.TemporaryDirectory() as workdir:
     trainer = Trainer(config, workdir)
-    with trainer._context():  # pylint: disable=protected-access
+    with trainer.mesh_context():
       for update in trainer.stage.updates:
         batch = trainer.next_batch()
         start = time.perf_counter()

@@ -6,7 +6,9 @@
 `--videos` is a directory of video files (.mp4 .mov .avi .mkv .webm) and/or frame folders (images
 sorted by name); each item needs a caption in `<name>.txt` beside it. The first `--num_frames`
 frames (1 + 4k) are resized to height × width and encoded; records hold `latents [F, H/8, W/8, 16]`,
-`prompt`, `name` and `index`. Sharded over hosts and resumable (see `cf_jax.data.records`).
+`prompt`, `name` and `index`, and with `--t5_checkpoint`/`--tokenizer` also the caption's
+`prompt_embeds [512, 4096]`, which stage 1 and consistency distillation train on. Sharded over
+hosts and resumable (see `cf_jax.data.records`).
 """
 import pathlib
 import sys
@@ -23,6 +25,7 @@ from cf_jax import weights
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.data import records
 from cf_jax.models import vae as vae_lib
+from cf_jax.text import encoder as text_encoder
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -35,7 +38,11 @@ _NUM_FRAMES = flags.DEFINE_integer("num_frames", 81, "Frames per video, 1 + 4k (
 _HEIGHT = flags.DEFINE_integer("height", 480, "Pixels.")
 _WIDTH = flags.DEFINE_integer("width", 832, "Pixels.")
 _ITEMS_PER_SHARD = flags.DEFINE_integer("items_per_shard", 64, "Videos per ArrayRecord shard.")
-_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Stored latent dtype.")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Stored latent and embedding dtype.")
+_T5 = flags.DEFINE_string("t5_checkpoint", None, "Converted umT5 or models_t5_umt5-xxl-enc-bf16.pth: also "
+                          "store the captions' text embeddings (the training stages need them).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory with the google/umt5-xxl spiece.model.")
+_T5_MODEL = flags.DEFINE_enum("t5_model", "umt5_xxl", ["umt5_xxl", "tiny"], "umT5 preset (for a .pth).")
 
 
 def find_items(root: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
@@ -83,7 +90,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     run()
-  except (CheckpointError, ValueError) as e:
+  except (CheckpointError, ValueError) as e:  # TokenizerError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
@@ -97,20 +104,26 @@ def run():
   preset = None if weights.is_params_checkpoint(_VAE.value) else weights.NETWORKS["vae"].preset(_VAE_MODEL.value)
   vae_config, params = weights.load("vae", _VAE.value, preset)
   dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
+  if bool(_T5.value) != bool(_TOKENIZER.value):
+    raise ValueError("--t5_checkpoint and --tokenizer go together (both, or neither)")
+  text = text_encoder.TextEncoder.load(_T5.value, _TOKENIZER.value, _T5_MODEL.value) if _T5.value else None
 
   def encode_batch(batch, first_index):
     out = []
     for offset, (path, prompt) in enumerate(batch):
       video = read_frames(path, _NUM_FRAMES.value, _HEIGHT.value, _WIDTH.value)
       latents = vae_lib.encode(params, jnp.asarray(video)[None], vae_config)[0]  # [F, h, w, 16]
-      out.append({"index": first_index + offset, "name": path.name, "prompt": prompt,
-                  "latents": np.asarray(latents.astype(dtype))})
+      record = {"index": first_index + offset, "name": path.name, "prompt": prompt,
+                "latents": np.asarray(latents.astype(dtype))}
+      if text is not None:
+        record["prompt_embeds"] = np.asarray(jnp.asarray(text([prompt])[0][0]).astype(dtype))  # [512, 4096]
+      out.append(record)
     return out
 
   records.write_sharded(
       _OUT.value, items, encode_batch, _ITEMS_PER_SHARD.value, batch_size=1, description="videos",
       metadata={"kind": "video_latents", "num_frames": _NUM_FRAMES.value, "height": _HEIGHT.value,
-                "width": _WIDTH.value, "dtype": _DTYPE.value},
+                "width": _WIDTH.value, "dtype": _DTYPE.value, "prompt_embeds": text is not None},
   )
   print(f"wrote {len(items)} latent videos to {_OUT.value}")
 

@@ -15,7 +15,9 @@ from cf_jax import weights
 from cf_jax.data import records
 from cf_jax.models import vae
 from tests.conftest import FIXTURES
+from cf_jax.text.encoder import TextEncoder
 from tests.test_cli import ENV
+from tests.test_tokenizer import build_tokenizer
 
 
 def make_record(i):
@@ -69,10 +71,13 @@ def test_encode_videos_from_files_and_frame_folders(tmp_path):
       w.append_data(frame)
   (clips / "a.txt").write_text("a video file")
 
+  tokenizer = build_tokenizer(tmp_path / "tokenizer")
+
   def encode_videos(out):
     args = [sys.executable, "-m", "cf_jax.encode_videos", "--videos", str(clips), "--out", str(out),
             "--vae_checkpoint", str(FIXTURES / "wanvae_tiny.pt"), "--vae_model", "tiny", "--num_frames", "5",
-            "--height", "32", "--width", "32", "--dtype", "float32"]
+            "--height", "32", "--width", "32", "--dtype", "float32", "--t5_checkpoint",
+            str(FIXTURES / "umt5_tiny.pt"), "--t5_model", "tiny", "--tokenizer", str(tokenizer)]
     return subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
 
   result = encode_videos(tmp_path / "out")
@@ -85,6 +90,10 @@ def test_encode_videos_from_files_and_frame_folders(tmp_path):
   assert ds[1]["latents"].shape == (2, 4, 4, 16)
   np.testing.assert_allclose(ds[1]["latents"], np.asarray(expected), atol=1e-5)  # lossless PNG frames
   assert np.abs(ds[0]["latents"] - np.asarray(expected)).mean() < 0.1  # H.264 is lossy
+  # The captions' embeddings, as the text encoder gives them: what the training stages read.
+  text = TextEncoder.load(str(FIXTURES / "umt5_tiny.pt"), str(tokenizer), "tiny")
+  embeds, _ = text(["a video file", "a folder of frames"])
+  np.testing.assert_allclose(np.stack([r["prompt_embeds"] for r in ds]), embeds, atol=1e-6)
 
   (clips / "a.txt").unlink()
   missing = encode_videos(tmp_path / "out2")

@@ -113,7 +113,7 @@ class Trainer:
     latest = self.manager.latest_step()
     if latest is None:
       params = {n: self._load(n) for n in self.stage.trainable}
-      with self._context():
+      with self.mesh_context():
         self.state = init_state(params)
     else:
       restored = self.manager.restore(
@@ -128,7 +128,7 @@ class Trainer:
   # -- set-up -----------------------------------------------------------------------------
 
   @contextlib.contextmanager
-  def _context(self):
+  def mesh_context(self):
     """Mesh and logical-axis rules for tracing and running the steps."""
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
@@ -172,7 +172,7 @@ class Trainer:
 
   def _load(self, name: str) -> Any:
     """Initial params of a network, placed on the mesh."""
-    with self._context():
+    with self.mesh_context():
       return initial_params(self.stage.networks[name], name, self.config.data, self.config.seed,
                             self.param_shardings[name])
 
@@ -216,7 +216,7 @@ class Trainer:
                          disable=jax.process_index() != 0)
     logged, last = {}, {}
     tick, videos, iterations = time.perf_counter(), 0, 0
-    with self._context():
+    with self.mesh_context():
       for n in range(start, c.num_steps):
         for update in self.stage.updates:
           if n % update.every == 0:
