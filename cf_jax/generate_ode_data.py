@@ -11,26 +11,21 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
+from cf_jax import multihost
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.training import ode_pairs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/ode_data_<layout>.py[:tiny]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output dataset directory.", required=True)
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (several hosts).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (GPU clusters).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (GPU clusters).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (GPU clusters).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  if _MULTIHOST.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  multihost.initialize()
   try:
     out = ode_pairs.generate(_CONFIG.value, _WORKDIR.value)
   except (CheckpointError, ValueError) as e:

@@ -16,6 +16,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from cf_jax import multihost
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.recipes import toy
 from cf_jax.training.trainer import Trainer
@@ -24,10 +25,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (co
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local or gs://): checkpoints, exports, metrics "
                                "(default for the toy recipe: runs/toy).")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (several hosts).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (GPU clusters).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (GPU clusters).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (GPU clusters).")
 
 
 def main(argv):
@@ -37,8 +34,7 @@ def main(argv):
   if _CONFIG.value is None:
     print("error: --config is required, e.g. --config configs/ar_diffusion_chunkwise.py", file=sys.stderr)
     sys.exit(1)
-  if _MULTIHOST.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  multihost.initialize()
   config = _CONFIG.value
   try:
     if config.trainer == "toy_recipe":

@@ -15,9 +15,8 @@ import ml_collections
 from cf_jax.diffusion import flow_matching as fm
 from cf_jax.models import wan
 from cf_jax.training import losses
-from cf_jax.training import state as state_lib
 from cf_jax.training.denoiser import Denoiser
-from cf_jax.training.stage import Network, Stage, Update, build_model
+from cf_jax.training.stage import Network, Stage, build_model, generator_only
 
 
 def loss(
@@ -54,7 +53,6 @@ def make_stage(config: ml_collections.ConfigDict) -> Stage:
   layout = wan.Layout.block_causal(config.frames_per_block) if config.causal else wan.Layout.bidirectional()
   network = Network(build_model(config, config.model), layout, config.init.generator, config.init.generator_entry)
   generator = Denoiser(network.model, layout, snap=config.quirks.snap_sigma)
-  tx = state_lib.make_optimizer(config.optimizer)
   aug_min = config.noise_augmentation_max_timestep
 
   def loss_fn(params, batch, key):
@@ -67,14 +65,4 @@ def make_stage(config: ml_collections.ConfigDict) -> Stage:
     aug = jax.random.randint(k_aug, x0.shape[:2], aug_min, fm.NUM_TRAIN_TIMESTEPS) if aug_min > 0 else None
     return loss(generator, params, x0, batch["prompt_embeds"], noise, index, config.quirks.bf16_timesteps, aug)
 
-  def update(state, frozen, batch):
-    del frozen
-    return state_lib.minimize(state, "generator", loss_fn, batch, state.key(0), tx, config.grad_accum)
-
-  return Stage(
-      networks={"generator": network},
-      trainable={"generator": tx},
-      ema=(),
-      updates=(Update("generator", update),),
-      fields=("latents", "prompt_embeds"),
-  )
+  return generator_only(network, loss_fn, config, fields=("latents", "prompt_embeds"))

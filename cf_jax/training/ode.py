@@ -11,9 +11,8 @@ import ml_collections
 from cf_jax.diffusion import flow_matching as fm
 from cf_jax.models import wan
 from cf_jax.training import losses
-from cf_jax.training import state as state_lib
 from cf_jax.training.denoiser import Denoiser
-from cf_jax.training.stage import Network, Stage, Update, build_model
+from cf_jax.training.stage import Network, Stage, build_model, generator_only
 
 
 def loss(
@@ -37,7 +36,6 @@ def make_stage(config: ml_collections.ConfigDict) -> Stage:
   network = Network(build_model(config, config.model), layout, config.init.generator, config.init.generator_entry)
   generator = Denoiser(network.model, layout, snap=config.quirks.snap_sigma)
   timesteps = fm.warp_denoising_steps(config.denoising_steps)  # [S]
-  tx = state_lib.make_optimizer(config.optimizer)
 
   def loss_fn(params, batch, key):
     ode_latents = batch["ode_latents"]
@@ -47,14 +45,4 @@ def make_stage(config: ml_collections.ConfigDict) -> Stage:
     index = jax.random.randint(key, ode_latents.shape[:1], 0, timesteps.shape[0])
     return loss(generator, params, ode_latents, batch["prompt_embeds"], index, timesteps)
 
-  def update(state, frozen, batch):
-    del frozen
-    return state_lib.minimize(state, "generator", loss_fn, batch, state.key(0), tx, config.grad_accum)
-
-  return Stage(
-      networks={"generator": network},
-      trainable={"generator": tx},
-      ema=(),
-      updates=(Update("generator", update),),
-      fields=("ode_latents", "prompt_embeds"),
-  )
+  return generator_only(network, loss_fn, config, fields=("ode_latents", "prompt_embeds"))

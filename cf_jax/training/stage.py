@@ -15,6 +15,7 @@ import optax
 
 from cf_jax.models import config as wan_config
 from cf_jax.models import wan
+from cf_jax.training import state as state_lib
 from cf_jax.training.state import TrainState
 
 # (state, frozen inputs, batch) -> (state, metrics). Frozen inputs: the params of the networks
@@ -54,6 +55,18 @@ class Stage:
   updates: tuple[Update, ...]
   fields: tuple[str, ...]  # batch fields the updates read
   needs_negative_prompt: bool = False
+
+
+def generator_only(network: Network, loss_fn: state_lib.LossFn, config: ml_collections.ConfigDict,
+                   fields: tuple[str, ...]) -> Stage:
+  """A stage that trains the generator alone on `loss_fn(params, batch, key)` (stage 1, ODE)."""
+  tx = state_lib.make_optimizer(config.optimizer)
+
+  def update(state, frozen, batch):
+    del frozen
+    return state_lib.minimize(state, "generator", loss_fn, batch, state.key(0), tx, config.grad_accum)
+
+  return Stage({"generator": network}, {"generator": tx}, (), (Update("generator", update),), fields)
 
 
 def build_model(config: ml_collections.ConfigDict, preset: str) -> wan.WanModel:
