@@ -3,13 +3,16 @@
 XLA reads its flags once, when JAX starts, so they are set here before anything imports jax.
 """
 import os
+import pathlib
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Trainers built twice with the same config (resume tests, CLI subprocesses, which inherit the
+# environment) compile the same programs: a persistent cache makes the repeats disk reads.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(__file__).parent.parent / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
-
-import pathlib
 
 import jax
 import numpy as np
