@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from cf_jax import weights
 from cf_jax.training import state as state_lib
+from cf_jax.training.trainer import STAGES as STAGE_MODULES
 from cf_jax.training.trainer import Trainer
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -147,3 +148,15 @@ def test_cli_rejects_unknown_keys_and_missing_checkpoints(tmp_path):
   assert missing.returncode == 1
   assert missing.stderr.strip().splitlines()[-1].startswith("error: ") and "/nonexistent/ckpt" in missing.stderr
   assert not (tmp_path / "b" / "checkpoints").exists() or not any((tmp_path / "b" / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.stem)
+def test_every_config_loads_in_both_variants_and_builds_its_stage(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for variant in ("", "smoke" if path.stem in ("toy", "injectivity") else "tiny"):
+    c = module.get_config(variant)
+    if c.get("trainer") in STAGE_MODULES:
+      stage = STAGE_MODULES[c.trainer].make_stage(c)
+      assert "generator" in stage.networks and stage.updates
