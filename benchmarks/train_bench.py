@@ -12,6 +12,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 from ml_collections import config_flags
 
@@ -32,6 +33,7 @@ def peak_memory_gb() -> float:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if not _KEEP_INIT.value:
     for name in config.init:
