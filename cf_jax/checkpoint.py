@@ -22,7 +22,7 @@ def save_params(path: str | pathlib.Path, params: Any, model_info: dict[str, Any
   Orbax writes into a temporary directory and renames it when complete, so an interrupted save
   leaves no half-written checkpoint under `path`.
   """
-  path = _epath(path)
+  path = as_epath(path)
   if path.exists() and not overwrite:
     raise CheckpointError(f"{path} already exists; choose another --out or pass --overwrite")
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
@@ -70,12 +70,13 @@ def config_dict(config: Any) -> dict[str, Any]:
   return dataclasses.asdict(config)
 
 
-def _epath(path):
-  return epath.Path(path)
+def as_epath(path) -> epath.Path:
+  """A local or gs:// path as orbax wants it: local paths made absolute."""
+  return epath.Path(path if "://" in str(path) else pathlib.Path(path).absolute())
 
 
 def _existing(path):
-  path = _epath(path)
+  path = as_epath(path)
   if not path.exists():
     raise CheckpointError(f"{path} does not exist; convert weights first with python -m cf_jax.convert")
   return path

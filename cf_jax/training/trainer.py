@@ -30,7 +30,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
-from etils import epath
 
 from cf_jax import checkpoint
 from cf_jax import parallel
@@ -81,7 +80,7 @@ class Trainer:
     if config.trainer not in STAGES:
       raise ValueError(f"trainer {config.trainer!r}: choose one of {sorted(STAGES)}")
     self.config = config
-    self.workdir = epath.Path(workdir)
+    self.workdir = checkpoint.as_epath(workdir)
     self.mesh = parallel.make_mesh(**config.mesh)
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
     self.stage: Stage = STAGES[config.trainer].make_stage(config)
