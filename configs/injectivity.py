@@ -6,25 +6,18 @@ recipe (`cf_jax.experiments.injectivity`): same data, noise, init and settings, 
       --config.toy_workdir=runs/toy   # reuse a toy run's data and teachers
   python -m cf_jax.experiments.injectivity --config configs/injectivity.py:smoke --workdir /tmp/inj   # CI
 """
-import importlib.util
 import pathlib
 
 import ml_collections
 
-
-def toy_config(variant: str) -> ml_collections.ConfigDict:
-  """configs/toy.py's config (this directory is not a package)."""
-  spec = importlib.util.spec_from_file_location("toy_config", pathlib.Path(__file__).with_name("toy.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+from cf_jax.training import config as base
 
 
 def get_config(variant: str = ""):
   if variant not in ("", "smoke"):
     raise ValueError(f"unknown variant {variant!r}: use configs/injectivity.py or configs/injectivity.py:smoke")
   c = ml_collections.ConfigDict()
-  c.toy = toy_config(variant)  # data, teachers and every stage's settings
+  c.toy = base.from_file(pathlib.Path(__file__).with_name("toy.py"), variant)  # data, teachers, every stage
   c.toy_workdir = ""  # a finished toy run whose data and teachers to reuse; empty: train them here
   c.seeds = (0, 1, 2)  # per seed and arm: ODE pairs, causal ODE, DMD
   c.floor_fraction = 0.2  # the ODE loss floor: mean loss over this last fraction of the steps

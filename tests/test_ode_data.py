@@ -1,6 +1,5 @@
 """ODE-pair generation: record layout, determinism, resume after interruption without duplicates or
 gaps, and the ODE stage training on what it wrote."""
-import importlib.util
 import pathlib
 
 import jax
@@ -8,6 +7,7 @@ import numpy as np
 
 from cf_jax.data import pipeline
 from cf_jax.data import records
+from cf_jax.training import config as base
 from cf_jax.training import ode_pairs
 from cf_jax.training.trainer import Trainer
 from tests.test_training import tiny_config
@@ -16,10 +16,7 @@ ROOT = pathlib.Path(__file__).parent.parent
 
 
 def ode_config(**overrides):
-  spec = importlib.util.spec_from_file_location("ode_data", ROOT / "configs" / "ode_data_chunkwise.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("tiny")
+  c = base.from_file(ROOT / "configs" / "ode_data_chunkwise.py", "tiny")
   c.update({"items_per_shard": 3, "batch_size": 2, "num_examples": 8, **overrides})
   return c
 

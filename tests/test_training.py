@@ -1,7 +1,6 @@
 """The trainer end to end on the fake 8-device mesh: every stage's tiny config trains with its
 parameters sharded and overfits one batch; an interrupted run resumes exactly; exports load;
 bad input fails with one line. Plus the state helpers (gradient accumulation, EMA)."""
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cf_jax import weights
+from cf_jax.training import config as base
 from cf_jax.training import state as state_lib
 from cf_jax.training.trainer import STAGES as STAGE_MODULES
 from cf_jax.training.trainer import Trainer
@@ -23,10 +23,7 @@ ROOT = pathlib.Path(__file__).parent.parent
 
 
 def tiny_config(name: str, **overrides):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("tiny")
+  c = base.from_file(ROOT / "configs" / f"{name}.py", "tiny")
   c.mesh.update(data=2, fsdp=2, tensor=2)
   c.tensorboard = False
   c.update(overrides)
@@ -152,11 +149,8 @@ def test_cli_rejects_unknown_keys_and_missing_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.py")), ids=lambda p: p.stem)
 def test_every_config_loads_in_both_variants_and_builds_its_stage(path):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   for variant in ("", "smoke" if path.stem in ("toy", "injectivity") else "tiny"):
-    c = module.get_config(variant)
+    c = base.from_file(path, variant)
     if c.get("trainer") in STAGE_MODULES:
       stage = STAGE_MODULES[c.trainer].make_stage(c)
       assert "generator" in stage.networks and stage.updates

@@ -40,7 +40,6 @@ from PIL import ImageFont
 from cf_jax import video_metrics
 from cf_jax import weights
 from cf_jax.data import records
-from cf_jax.diffusion import streaming
 from cf_jax.diffusion import teacher_sampling
 from cf_jax.models import wan
 from cf_jax.recipes import toy as recipe
@@ -135,9 +134,7 @@ def prepare_teachers(toy: ml_collections.ConfigDict, workdir: pathlib.Path, toy_
     if missing:
       raise ValueError(f"toy_workdir {root} is not a finished toy run: missing {', '.join(missing)}")
     return root
-  for split, seed, count in (("train", toy.seed, toy.num_train_videos), ("eval", toy.seed + 1, toy.num_eval_videos)):
-    if not (workdir / "data" / split / records.MANIFEST).exists():
-      recipe.write_dataset(toy, workdir / "data" / split, seed, count)
+  recipe.write_datasets(toy, workdir)
   configs = recipe.stage_configs(toy, workdir)
   for stage in ("teacher", "ar_diffusion"):  # the AR teacher starts from the bidirectional one
     print(f"== {stage}")
@@ -173,15 +170,6 @@ def loss_floor(metrics_path: pathlib.Path, fraction: float) -> float:
   return float(np.mean(values[-max(1, round(fraction * len(values))):]))
 
 
-def few_step_samples(toy: ml_collections.ConfigDict, export: pathlib.Path, context: np.ndarray,
-                     noise: jax.Array, key: jax.Array) -> np.ndarray:
-  """4-step videos [N, F, H, W, C] of a causal student for the prompts context [N, Lt, D]."""
-  cfg, params = weights.load_wan(export)
-  few_step = streaming.FewStepConfig.from_step_count(toy.frames_per_block, 4, capacity_frames=toy.num_frames)
-  sampler = streaming.StreamingSampler(wan.WanModel(cfg), params, few_step)
-  return np.asarray(sampler.generate(jnp.asarray(context), noise, key))
-
-
 def run_arm(toy: ml_collections.ConfigDict, root: pathlib.Path, run_dir: pathlib.Path, arm: str, seed: int,
             real: np.ndarray, context: np.ndarray, floor_fraction: float) -> dict:
   """ODE pairs, causal ODE and DMD of one arm and seed; the ODE loss floor and the distances of the
@@ -193,7 +181,7 @@ def run_arm(toy: ml_collections.ConfigDict, root: pathlib.Path, run_dir: pathlib
     Trainer(configs[stage], str(run_dir / stage)).run()
   key = jax.random.fold_in(jax.random.key(toy.seed + 2), seed)  # the same for both arms
   noise = jax.random.normal(jax.random.fold_in(key, 0), real.shape)
-  sample = lambda stage, net: few_step_samples(toy, run_dir / stage / "export" / net, context, noise,
+  sample = lambda stage, net: recipe.few_step_samples(toy, run_dir / stage / "export" / net, context, noise,
                                                jax.random.fold_in(key, 1))
   return {
       "seed": seed,
@@ -202,12 +190,6 @@ def run_arm(toy: ml_collections.ConfigDict, root: pathlib.Path, run_dir: pathlib
       "after_dmd": video_metrics.video_distances(real, sample("dmd", "generator_ema")),
       "seconds": time.perf_counter() - tick,
   }
-
-
-def load_videos(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-  """Videos [N, F, H, W, C] and prompt embeddings [N, Lt, D] of a records directory."""
-  items = list(records.iterate(path))
-  return np.stack([r["latents"] for r in items]), np.stack([r["prompt_embeds"] for r in items])
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -315,11 +297,11 @@ def plot(results: dict, path: pathlib.Path) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole experiment; returns what results.json holds."""
   start = time.perf_counter()
-  workdir = pathlib.Path(workdir).absolute()  # orbax wants absolute checkpoint paths
+  workdir = pathlib.Path(workdir)
   toy = config.toy
   root = prepare_teachers(toy, workdir, config.toy_workdir)
-  real, context = load_videos(root / "data" / "eval")  # held out
-  train, train_context = load_videos(root / "data" / "train")
+  real, context = recipe.load_videos(root / "data" / "eval")  # held out
+  train, train_context = recipe.load_videos(root / "data" / "train", max(len(real), config.num_noises))
   results = {"config": json.loads(config.to_json_best_effort()), "seeds": list(config.seeds),
              "real_reference": video_metrics.video_distances(real, train[: len(real)]),
              "non_injectivity": {}, "runs": {arm: [] for arm in ARMS}}

@@ -95,25 +95,46 @@ def write_dataset(toy: ml_collections.ConfigDict, out: pathlib.Path, seed: int, 
                         metadata={"kind": "video_latents"})
 
 
+def write_datasets(toy: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  """data/train and the held-out data/eval under `workdir`, unless they are already written."""
+  for split, seed, count in (("train", toy.seed, toy.num_train_videos), ("eval", toy.seed + 1, toy.num_eval_videos)):
+    if not (workdir / "data" / split / records.MANIFEST).exists():
+      write_dataset(toy, workdir / "data" / split, seed, count)
+
+
+def load_videos(path: pathlib.Path, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Videos [N, F, H, W, C] and prompt embeddings [N, Lt, D] of a records directory (its first
+  `count` records, or all)."""
+  ds = records.dataset(path)
+  items = [ds[i] for i in range(len(ds) if count is None else min(count, len(ds)))]
+  return np.stack([r["latents"] for r in items]), np.stack([r["prompt_embeds"] for r in items])
+
+
+def few_step_samples(toy: ml_collections.ConfigDict, export: pathlib.Path, context: jax.Array, noise: jax.Array,
+                     key: jax.Array) -> np.ndarray:
+  """4-step videos [N, F, H, W, C] of an exported causal student for the prompts context [N, Lt, D]."""
+  cfg, params = weights.load_wan(export)
+  few_step = streaming.FewStepConfig.from_step_count(toy.frames_per_block, 4, capacity_frames=toy.num_frames)
+  sampler = streaming.StreamingSampler(wan.WanModel(cfg), params, few_step)
+  return np.asarray(sampler.generate(jnp.asarray(context), noise, key))
+
+
 def sample_all(toy, workdir: pathlib.Path, context: jax.Array, key: jax.Array) -> dict[str, np.ndarray]:
   """Videos [N, F, H, W, C] of every trained model for the prompts `context` [N, Lt, D]."""
   n = context.shape[0]
   noise = jax.random.normal(key, (n, toy.num_frames, toy.height, toy.width, toy.channels))
   negative = jnp.zeros_like(context)
-  load = lambda stage, net="generator": weights.load_wan(workdir / stage / "export" / net)
+  export = lambda stage, net="generator": workdir / stage / "export" / net
   out = {}
-  cfg, params = load("teacher")
+  cfg, params = weights.load_wan(export("teacher"))
   out["teacher"] = teacher_sampling.sample_bidirectional(
       wan.WanModel(cfg), params, noise, context, negative, toy.guidance_scale, "euler", toy.sampling_steps)
-  cfg, params = load("ar_diffusion")
+  cfg, params = weights.load_wan(export("ar_diffusion"))
   out["ar_diffusion"] = teacher_sampling.sample_autoregressive(
       wan.WanModel(cfg), params, noise, context, negative, toy.frames_per_block, toy.guidance_scale, "euler",
       toy.sampling_steps)
-  few_step = streaming.FewStepConfig.from_step_count(toy.frames_per_block, 4, capacity_frames=toy.num_frames)
   for stage, net in (("causal_ode", "generator"), ("dmd", "generator_ema")):
-    cfg, params = load(stage, net)
-    sampler = streaming.StreamingSampler(wan.WanModel(cfg), params, few_step)
-    out[stage] = sampler.generate(context, noise, jax.random.fold_in(key, 1))
+    out[stage] = few_step_samples(toy, export(stage, net), context, noise, jax.random.fold_in(key, 1))
   return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -129,9 +150,7 @@ def write_gif(real: np.ndarray, generated: dict[str, np.ndarray], path: pathlib.
 def run(toy: ml_collections.ConfigDict, workdir: str) -> dict:
   start = time.perf_counter()
   workdir = pathlib.Path(workdir)
-  for split, seed, count in (("train", toy.seed, toy.num_train_videos), ("eval", toy.seed + 1, toy.num_eval_videos)):
-    if not (workdir / "data" / split / records.MANIFEST).exists():
-      write_dataset(toy, workdir / "data" / split, seed, count)
+  write_datasets(toy, workdir)
 
   configs = stage_configs(toy, workdir)
   times = {}
@@ -145,11 +164,9 @@ def run(toy: ml_collections.ConfigDict, workdir: str) -> dict:
     times[stage] = time.perf_counter() - tick
 
   print("== samples")
-  real = [r for r in records.iterate(workdir / "data" / "eval")]
-  real_videos = np.stack([r["latents"] for r in real])
-  context = jnp.asarray(np.stack([r["prompt_embeds"] for r in real]))
-  generated = sample_all(toy, workdir, context, jax.random.key(toy.seed + 2))
-  reference = np.stack([r["latents"] for r in records.iterate(workdir / "data" / "train")][: len(real)])
+  real_videos, context = load_videos(workdir / "data" / "eval")
+  generated = sample_all(toy, workdir, jnp.asarray(context), jax.random.key(toy.seed + 2))
+  reference, _ = load_videos(workdir / "data" / "train", len(real_videos))
   distances = {"real (other videos)": video_metrics.video_distances(real_videos, reference)}
   distances.update({k: video_metrics.video_distances(real_videos, v) for k, v in generated.items()})
   write_gif(real_videos, generated, workdir / "samples.gif")

@@ -4,6 +4,9 @@ Stage files in `configs/` start from `base()` and set what differs; `tiny()` shr
 a random-initialized tiny model on synthetic data that runs on a CPU in seconds. The trainer locks
 the config, so a misspelt override is an error.
 """
+import importlib.util
+import pathlib
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -18,6 +21,16 @@ NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
     "杂乱的背景，三条腿，背景人很多，倒着走"
 )
+
+
+def from_file(path: str | pathlib.Path, variant: str = "") -> ml_collections.ConfigDict:
+  """`get_config(variant)` of a config file, as `--config path[:variant]` loads it (configs/ is a
+  directory of files, not a package)."""
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
 
 
 def optimizer(lr: float, b1: float = 0.0, b2: float = 0.999) -> ml_collections.ConfigDict:

@@ -18,7 +18,7 @@ from cf_jax.models import wan
 from cf_jax.training import losses
 from cf_jax.training import rollout as rollout_lib
 from cf_jax.training import state as state_lib
-from cf_jax.training.denoiser import SCORE_SHIFT, Denoiser
+from cf_jax.training.denoiser import GENERATOR_SHIFT, SCORE_SHIFT, Denoiser
 from cf_jax.training.stage import Network, Stage, Update, build_model, negative_context
 
 
@@ -30,7 +30,7 @@ def noisy_sample(key: jax.Array, x: jax.Array, cfg: ml_collections.ConfigDict):
   u = jax.random.randint(k_t, (b,), 0, fm.NUM_TRAIN_TIMESTEPS)
   t = jnp.broadcast_to(fm.dmd_timestep(u, cfg.timestep_shift, cfg.min_step, cfg.max_step)[:, None], (b, f))
   noise = jax.random.normal(k_noise, x.shape, x.dtype)
-  x_t = fm.add_noise(jax.lax.stop_gradient(x), noise, t, fm.training_grid(5.0))
+  x_t = fm.add_noise(jax.lax.stop_gradient(x), noise, t, fm.training_grid(GENERATOR_SHIFT))
   return x_t, t, noise
 
 
@@ -50,7 +50,7 @@ def critic_loss(critic: Denoiser, critic_params, generated, x_t, t, noise, conte
   """Flow loss of the fake score on the generated video; its x0 (shift-8 grid) is converted back
   to flow on the generator's shift-5 grid, as the reference does (spec §7.4)."""
   _, x0 = critic.x0(critic_params, x_t, t, context)
-  flow = fm.x0_to_flow(x_t, x0, t, fm.training_grid(5.0))
+  flow = fm.x0_to_flow(x_t, x0, t, fm.training_grid(GENERATOR_SHIFT))
   return losses.flow_loss(flow, jax.lax.stop_gradient(generated), noise)
 
 

@@ -47,13 +47,17 @@ from cf_jax.training.state import TrainState
 STAGES = {"ar_diffusion": ar_diffusion, "ode": ode, "consistency": consistency, "dmd": dmd}
 
 
+def _init_fn(network: Network, data: ml_collections.ConfigDict):
+  """key -> boxed params of `network`, initialized on one latent frame of the data's size."""
+  cfg = network.model.config
+  x = jnp.zeros((1, 1, data.latent_height, data.latent_width, cfg.in_dim))
+  context = jnp.zeros((1, cfg.text_len, cfg.text_dim))
+  return lambda key: network.model.init(key, x, jnp.zeros((1, 1)), context)["params"]
+
+
 def abstract_params(network: Network, data: ml_collections.ConfigDict):
   """Parameter shapes of a network, boxed with their logical axis names; nothing allocated."""
-  cfg = network.model.config
-  x = jax.ShapeDtypeStruct((1, 1, data.latent_height, data.latent_width, cfg.in_dim), jnp.float32)
-  t = jax.ShapeDtypeStruct((1, 1), jnp.float32)
-  context = jax.ShapeDtypeStruct((1, cfg.text_len, cfg.text_dim), jnp.float32)
-  return jax.eval_shape(lambda *a: network.model.init(jax.random.key(0), *a), x, t, context)["params"]
+  return jax.eval_shape(_init_fn(network, data), jax.random.key(0))
 
 
 def initial_params(network: Network, name: str, data: ml_collections.ConfigDict, seed: int, shardings=None):
@@ -63,12 +67,9 @@ def initial_params(network: Network, name: str, data: ml_collections.ConfigDict,
     _, params = weights.load_wan(network.init, network.model.config, network.entry)
     return jax.device_put(params, shardings) if shardings is not None else jax.device_put(params)
   print(f"{name}: no init checkpoint set, random initialization")
-  cfg = network.model.config
-  x = jnp.zeros((1, 1, data.latent_height, data.latent_width, cfg.in_dim))
-  context = jnp.zeros((1, cfg.text_len, cfg.text_dim))
-  init = lambda key: nn.unbox(network.model.init(key, x, jnp.zeros((1, 1)), context))["params"]
+  init = _init_fn(network, data)
   key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()))
-  return jax.jit(init, out_shardings=shardings)(key)
+  return jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(key)
 
 
 def _with_sharding(tree, shardings):
