@@ -29,7 +29,8 @@ class Network:
   name: str  # recorded in converted checkpoints
   config_class: type
   presets: dict[str, Callable[[], Any]]
-  load_torch: Callable[..., dict]  # (path, config, entry, dtype) -> params
+  load_torch: Callable[..., tuple[dict, dict]]  # (path, config, entry, dtype) -> params, source
+  find_config: Callable[[Any], Any]  # path -> the config in a config.json beside the weights, or None
 
   def preset(self, name: str):
     if name not in self.presets:
@@ -40,16 +41,36 @@ class Network:
     return self.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
-def _load_vae_torch(path, config, entry, dtype):
-  if entry is not None:
-    raise CheckpointError(f"{path}: --entry applies to Causal/Self Forcing training checkpoints only")
-  return convert_vae.load_vae_checkpoint(path, config, dtype)
+def _no_entry(load):
+  """A loader of plain state dicts: `entry` must be None; the source records the file's layout."""
+
+  def load_torch(path, config, entry, dtype):
+    if entry is not None:
+      raise CheckpointError(f"{path}: --entry applies to Causal/Self Forcing training checkpoints only")
+    return load(path, config, dtype)
+
+  return load_torch
+
+
+def _load_wan_torch(path, config, entry, dtype):
+  params, source = convert_wan.load(path, config, entry, dtype)
+  return params, dataclasses.asdict(source)
+
+
+def _load_vae_torch(path, config, dtype):
+  state_dict, layout = convert_vae.read_state_dict(path, config)
+  return convert_vae.vae_params_from_torch(state_dict, config, f"{path} ({layout} layout)", dtype), {"layout": layout}
+
+
+def _load_t5_torch(path, config, dtype):
+  return convert_t5.load_t5_checkpoint(path, config, None, dtype), {"layout": "wan"}
 
 
 NETWORKS = {
-    "wan": Network("wan_dit", WanConfig, wan_config.PRESETS, convert_wan.load_params),
-    "vae": Network("wan_vae", VAEConfig, {"wan21": VAEConfig.wan21, "tiny": VAEConfig.tiny}, _load_vae_torch),
-    "t5": Network("umt5_encoder", t5.T5Config, t5.PRESETS, convert_t5.load_t5_checkpoint),
+    "wan": Network("wan_dit", WanConfig, wan_config.PRESETS, _load_wan_torch, convert_wan.find_config),
+    "vae": Network("wan_vae", VAEConfig, {"wan21": VAEConfig.wan21, "tiny": VAEConfig.tiny}, _no_entry(_load_vae_torch),
+                   convert_vae.find_config),
+    "t5": Network("umt5_encoder", t5.T5Config, t5.PRESETS, _no_entry(_load_t5_torch), lambda path: None),
 }
 
 
@@ -60,12 +81,21 @@ def is_params_checkpoint(path: str | pathlib.Path) -> bool:
   return path.is_dir() and (path / "model").is_dir() and (path / "params").is_dir()
 
 
-def load(kind: str, path: str | pathlib.Path, config=None, entry: str | None = None, dtype=np.float32):
-  """(config, params) of a network of `kind` ('wan', 'vae' or 't5').
+def read_info(path: str | pathlib.Path) -> dict[str, Any]:
+  """The info a converted or exported checkpoint records (network, config, source, sampling);
+  empty for PyTorch weights."""
+  return checkpoint.read_model_info(path) if is_params_checkpoint(path) else {}
+
+
+def load_with_source(kind: str, path: str | pathlib.Path, config=None, entry: str | None = None, dtype=np.float32):
+  """(config, params, source) of a network of `kind` ('wan', 'vae' or 't5').
 
   `path` is a converted checkpoint (its config is read from it; a given `config` must agree), or
-  PyTorch weights, which need `config`: for the DiT a `.safetensors` file, sharded index or
-  directory, or a `.pt` training checkpoint with `entry`; for the VAE `Wan2.1_VAE.pth`.
+  PyTorch weights: for the DiT a `.safetensors` file, sharded index or directory (original or
+  diffusers names), a diffusers pipeline root, or a `.pt` training checkpoint with `entry`; for
+  the VAE `Wan2.1_VAE.pth` or a `.safetensors`/diffusers `vae/` folder. Without `config`, PyTorch
+  weights need a `config.json` beside them. `source` says what was read: for PyTorch weights its
+  layout and the `.pt` entry taken, for a converted checkpoint its recorded info.
   """
   network = NETWORKS[kind]
   if is_params_checkpoint(path):
@@ -76,13 +106,19 @@ def load(kind: str, path: str | pathlib.Path, config=None, entry: str | None = N
     if config is not None and config != saved:
       raise CheckpointError(f"{path} was converted for {saved}, not the requested {config}")
     params = checkpoint.restore_params(path)
-    return saved, jax.tree.map(lambda x: np.asarray(x).astype(dtype), params)
+    return saved, jax.tree.map(lambda x: np.asarray(x).astype(dtype), params), info
+  config = config or network.find_config(path)
   if config is None:
-    raise CheckpointError(f"{path} is not a converted checkpoint: name the model preset "
-                          f"({', '.join(network.presets)})")
-  return config, network.load_torch(path, config, entry, dtype)
+    raise CheckpointError(f"{path} is not a converted checkpoint and has no config.json beside it: name the "
+                          f"model preset ({', '.join(network.presets)})")
+  return (config, *network.load_torch(path, config, entry, dtype))
+
+
+def load(kind: str, path: str | pathlib.Path, config=None, entry: str | None = None, dtype=np.float32):
+  """(config, params) of a network of `kind`; see `load_with_source`."""
+  return load_with_source(kind, path, config, entry, dtype)[:2]
 
 
 def load_wan(path, config: WanConfig | None = None, entry: str | None = None, dtype=np.float32):
-  """(WanConfig, params) of a Wan DiT; see `load`."""
+  """(WanConfig, params) of a Wan DiT; see `load_with_source`."""
   return load("wan", path, config, entry, dtype)

@@ -7,12 +7,14 @@ from typing import Any
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One reference tensor: its name, its place in the Flax tree, how its layout changes (a
-  converter-specific kind) and its reference shape."""
+  converter-specific kind), its reference shape, and its name in the diffusers layout (same
+  shape; empty for networks diffusers does not hold)."""
 
   torch_name: str
   flax_path: tuple[str, ...]
   kind: str
   torch_shape: tuple[int, ...]
+  diffusers_name: str = ""
 
 
 def set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:

@@ -1,16 +1,20 @@
-"""Reading `torch.save` files without torch, and without running code from them.
+"""Reading and writing `torch.save` files without torch, and without running code from them.
 
 A `.pt`/`.pth` file (PyTorch ≥ 1.6) is a zip archive: `<name>/data.pkl` pickles the object tree and
 refers to tensor storages by key, whose raw little-endian bytes are `<name>/data/<key>`. The
 pickle is read by an unpickler that knows only what a state dict needs — dicts, `OrderedDict`,
 the storage classes of numeric dtypes and the two tensor-rebuild functions — and refuses every
 other global, so a malicious checkpoint cannot call anything. Tensors come back as numpy arrays
-(bfloat16 as `ml_dtypes.bfloat16`).
+(bfloat16 as `ml_dtypes.bfloat16`). The writer emits the same records, opcode by opcode, so
+`torch.load` reads its files as its own.
 """
 import collections
 import os
+import pathlib
 import pickle
+import struct
 import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 import ml_dtypes
@@ -124,3 +128,74 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     raise
   except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, OSError, ValueError, TypeError) as e:
     raise CheckpointError(f"{source} is corrupt or truncated ({type(e).__name__}: {e})") from None
+
+
+_STORAGE_NAMES = {np.dtype(dtype): name for name, dtype in _STORAGE_DTYPES.items()}
+
+
+def _global(module: str, name: str) -> bytes:
+  return pickle.GLOBAL + f"{module}\n{name}\n".encode()
+
+
+def _str(s: str) -> bytes:
+  data = s.encode()
+  return pickle.BINUNICODE + struct.pack("<I", len(data)) + data
+
+
+def _int(i: int) -> bytes:
+  return pickle.BININT + struct.pack("<i", i)
+
+
+def _tuple(items: list[bytes]) -> bytes:
+  return pickle.MARK + b"".join(items) + pickle.TUPLE
+
+
+class TorchPickleWriter:
+  """Pickle opcodes (protocol 2) of a tree of mappings and arrays, laid out as torch.save lays a
+  state dict: each tensor is `torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
+  False, OrderedDict())`, its storage the persistent id `('storage', torch.<X>Storage, key,
+  'cpu', numel)` whose bytes go to `data/<key>`."""
+
+  def __init__(self):
+    self.storages: dict[int, tuple[str, np.ndarray]] = {}  # id(flat storage) -> (key, storage)
+
+  def value(self, obj) -> bytes:
+    if isinstance(obj, Mapping):
+      items = b"".join(_str(k) + self.value(v) for k, v in obj.items())
+      return (_global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE + pickle.MARK + items
+              + pickle.SETITEMS)
+    if isinstance(obj, np.ndarray):
+      array = np.ascontiguousarray(obj)
+      strides = tuple(s // array.itemsize for s in array.strides)
+      return self.tensor(array.reshape(-1), 0, array.shape, strides)
+    raise TypeError(f"cannot write {type(obj).__name__} into a torch file (only mappings and arrays)")
+
+  def tensor(self, storage: np.ndarray, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> bytes:
+    if storage.dtype not in _STORAGE_NAMES:
+      raise TypeError(f"torch has no storage for dtype {storage.dtype}")
+    key = self.storages.setdefault(id(storage), (str(len(self.storages)), storage))[0]
+    persistent_id = _tuple([_str("storage"), _global("torch", _STORAGE_NAMES[storage.dtype]), _str(key), _str("cpu"),
+                            _int(storage.size)]) + pickle.BINPERSID
+    hooks = _global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE
+    args = _tuple([persistent_id, _int(offset), _tuple([_int(n) for n in size]), _tuple([_int(s) for s in stride]),
+                   pickle.NEWFALSE, hooks])
+    return _global("torch._utils", "_rebuild_tensor_v2") + args + pickle.REDUCE
+
+
+def save_torch_file(obj, path: str | os.PathLike, archive: str = "archive", writer: TorchPickleWriter | None = None) -> None:
+  """Writes `obj` (nested mappings of numpy arrays) as `torch.save` would, atomically: into a
+  temporary file beside `path`, renamed when complete."""
+  writer = writer or TorchPickleWriter()
+  data = pickle.PROTO + bytes([2]) + writer.value(obj) + pickle.STOP
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp")
+  try:
+    with zipfile.ZipFile(tmp, "w") as z:  # stored uncompressed, as torch writes
+      z.writestr(f"{archive}/data.pkl", data)
+      z.writestr(f"{archive}/byteorder", "little")
+      for key, storage in writer.storages.values():
+        z.writestr(f"{archive}/data/{key}", np.ascontiguousarray(storage).astype(storage.dtype.newbyteorder("<")).tobytes())
+      z.writestr(f"{archive}/version", "3\n")
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)

@@ -1,20 +1,26 @@
 """PyTorch Wan2.1 DiT state dicts <-> Flax params of `cf_jax.models.wan.WanModel`.
 
-One table (`_entries`) names every reference tensor, its place in the Flax tree and how its layout
-changes; conversion in both directions reads the same table, so the two cannot drift apart.
+One table (`_entries`) names every reference tensor, its place in the Flax tree, how its layout
+changes and its diffusers name; conversion in every direction reads the same table, so they cannot
+drift apart. Files in the original names, in diffusers' names, and Causal/Self Forcing `.pt`
+training checkpoints are read; all three are written back.
 Reference names: architecture.md §8 (e.g. `blocks.3.self_attn.q.weight`, Linear weights [out, in]).
 """
 import dataclasses
+import json
+import os
 import pathlib
+import shutil
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 
+from cf_jax.convert import paths
 from cf_jax.convert import safetensors_io
 from cf_jax.convert import torch_pickle
 from cf_jax.convert.errors import CheckpointError
-from cf_jax.convert.key_check import check_state_dict
+from cf_jax.convert.key_check import check_state_dict, naming_of, to_diffusers_names, to_reference_names
 from cf_jax.convert.key_map import Entry, get_path, set_path
 from cf_jax.models.config import WanConfig
 
@@ -23,45 +29,59 @@ Kind = Literal["linear", "vector", "patch", "modulation"]
 # Training checkpoints of the reference hold these top-level entries (architecture.md §8.7).
 TRAINING_ENTRIES = ("generator", "generator_ema", "critic", "model")
 # Wrapper prefixes that FSDP, activation checkpointing and torch.compile insert into names.
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 _WRAPPER_PREFIXES = ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
-def _linear(torch_prefix, flax_path, d_in, d_out):
+def _linear(torch_prefix, diffusers_prefix, flax_path, d_in, d_out):
   return [
-      Entry(f"{torch_prefix}.weight", (*flax_path, "kernel"), "linear", (d_out, d_in)),
-      Entry(f"{torch_prefix}.bias", (*flax_path, "bias"), "vector", (d_out,)),
+      Entry(f"{torch_prefix}.weight", (*flax_path, "kernel"), "linear", (d_out, d_in), f"{diffusers_prefix}.weight"),
+      Entry(f"{torch_prefix}.bias", (*flax_path, "bias"), "vector", (d_out,), f"{diffusers_prefix}.bias"),
   ]
 
 
 def _entries(cfg: WanConfig) -> list[Entry]:
+  """Every tensor: reference name, Flax path, layout kind, shape, diffusers name.
+
+  Diffusers renames but never reshapes: `modulation` is `scale_shift_table`, attention is
+  `attn1`/`attn2` with `to_q`..`to_out.0`, and the affine cross-attention norm is `norm2`
+  (the reference's `norm3`).
+  """
   d, pt, ph, pw = cfg.dim, *cfg.patch_size
   out = [
-      Entry("patch_embedding.weight", ("patch_embedding", "kernel"), "patch", (d, cfg.in_dim, pt, ph, pw)),
-      Entry("patch_embedding.bias", ("patch_embedding", "bias"), "vector", (d,)),
-      *_linear("text_embedding.0", ("text_embedding", "fc1"), cfg.text_dim, d),
-      *_linear("text_embedding.2", ("text_embedding", "fc2"), d, d),
-      *_linear("time_embedding.0", ("time_embedding_0",), cfg.freq_dim, d),
-      *_linear("time_embedding.2", ("time_embedding_1",), d, d),
-      *_linear("time_projection.1", ("time_projection",), d, 6 * d),
-      Entry("head.modulation", ("head_modulation",), "modulation", (1, 2, d)),
-      *_linear("head.head", ("head",), d, pt * ph * pw * cfg.out_dim),
+      Entry("patch_embedding.weight", ("patch_embedding", "kernel"), "patch", (d, cfg.in_dim, pt, ph, pw),
+            "patch_embedding.weight"),
+      Entry("patch_embedding.bias", ("patch_embedding", "bias"), "vector", (d,), "patch_embedding.bias"),
+      *_linear("text_embedding.0", "condition_embedder.text_embedder.linear_1", ("text_embedding", "fc1"),
+               cfg.text_dim, d),
+      *_linear("text_embedding.2", "condition_embedder.text_embedder.linear_2", ("text_embedding", "fc2"), d, d),
+      *_linear("time_embedding.0", "condition_embedder.time_embedder.linear_1", ("time_embedding_0",),
+               cfg.freq_dim, d),
+      *_linear("time_embedding.2", "condition_embedder.time_embedder.linear_2", ("time_embedding_1",), d, d),
+      *_linear("time_projection.1", "condition_embedder.time_proj", ("time_projection",), d, 6 * d),
+      Entry("head.modulation", ("head_modulation",), "modulation", (1, 2, d), "scale_shift_table"),
+      *_linear("head.head", "proj_out", ("head",), d, pt * ph * pw * cfg.out_dim),
   ]
-  block = [Entry("blocks.{i}.modulation", ("blocks", "modulation"), "modulation", (1, 6, d))]
-  for attn in ("self_attn", "cross_attn"):
-    for proj in ("q", "k", "v", "o"):
-      block += _linear(f"blocks.{{i}}.{attn}.{proj}", ("blocks", attn, proj), d, d)
+  block = [Entry("blocks.{i}.modulation", ("blocks", "modulation"), "modulation", (1, 6, d),
+                 "blocks.{i}.scale_shift_table")]
+  for attn, diffusers_attn in (("self_attn", "attn1"), ("cross_attn", "attn2")):
+    for proj, diffusers_proj in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0")):
+      block += _linear(f"blocks.{{i}}.{attn}.{proj}", f"blocks.{{i}}.{diffusers_attn}.{diffusers_proj}",
+                       ("blocks", attn, proj), d, d)
     if cfg.qk_norm:
       for norm in ("norm_q", "norm_k"):
-        block.append(Entry(f"blocks.{{i}}.{attn}.{norm}.weight", ("blocks", attn, norm, "scale"), "vector", (d,)))
+        block.append(Entry(f"blocks.{{i}}.{attn}.{norm}.weight", ("blocks", attn, norm, "scale"), "vector", (d,),
+                           f"blocks.{{i}}.{diffusers_attn}.{norm}.weight"))
   if cfg.cross_attn_norm:
     block += [
-        Entry("blocks.{i}.norm3.weight", ("blocks", "norm3", "scale"), "vector", (d,)),
-        Entry("blocks.{i}.norm3.bias", ("blocks", "norm3", "bias"), "vector", (d,)),
+        Entry("blocks.{i}.norm3.weight", ("blocks", "norm3", "scale"), "vector", (d,), "blocks.{i}.norm2.weight"),
+        Entry("blocks.{i}.norm3.bias", ("blocks", "norm3", "bias"), "vector", (d,), "blocks.{i}.norm2.bias"),
     ]
-  block += _linear("blocks.{i}.ffn.0", ("blocks", "ffn_0"), d, cfg.ffn_dim)
-  block += _linear("blocks.{i}.ffn.2", ("blocks", "ffn_1"), cfg.ffn_dim, d)
+  block += _linear("blocks.{i}.ffn.0", "blocks.{i}.ffn.net.0.proj", ("blocks", "ffn_0"), d, cfg.ffn_dim)
+  block += _linear("blocks.{i}.ffn.2", "blocks.{i}.ffn.net.2", ("blocks", "ffn_1"), cfg.ffn_dim, d)
   for e in block:
-    out += [dataclasses.replace(e, torch_name=e.torch_name.format(i=i)) for i in range(cfg.num_layers)]
+    out += [dataclasses.replace(e, torch_name=e.torch_name.format(i=i), diffusers_name=e.diffusers_name.format(i=i))
+            for i in range(cfg.num_layers)]
   return out
 
 
@@ -137,8 +157,8 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, np.ndarray], source: str) ->
   return out
 
 
-def select_training_entry(checkpoint: Any, source: str, entry: str | None) -> Mapping[str, np.ndarray]:
-  """Picks `generator`, `generator_ema`, `critic` (or `model`) from a training checkpoint.
+def select_training_entry(checkpoint: Any, source: str, entry: str | None) -> tuple[str, Mapping[str, np.ndarray]]:
+  """(entry, state dict): `generator`, `generator_ema`, `critic` (or `model`) of a training checkpoint.
 
   Without `entry`, the first present of generator, model, generator_ema is used, as the
   reference trainers do.
@@ -159,27 +179,85 @@ def select_training_entry(checkpoint: Any, source: str, entry: str | None) -> Ma
   value = checkpoint[entry]
   if not isinstance(value, Mapping):
     raise CheckpointError(f"{source}: entry {entry!r} is not a state dict")
-  return value
+  return entry, value
 
 
-def load_torch_state_dict(path: str | pathlib.Path, entry: str | None = None) -> dict[str, np.ndarray]:
-  """Reads reference DiT weights with plain names from any supported file.
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """What a weights file held besides its tensors."""
 
-  * `.safetensors`, a sharded `*.safetensors.index.json`, or a directory holding one: Wan2.1
-    `diffusion_pytorch_model` weights.
+  layout: str  # 'wan' (original names), 'diffusers', or 'training' (a Causal/Self Forcing .pt)
+  entry: str | None = None  # the .pt entry the weights came from
+  entries: tuple[str, ...] = ()  # every DiT entry the .pt holds
+
+
+def read_weights(path: str | pathlib.Path, cfg: WanConfig, entry: str | None = None) -> tuple[dict[str, np.ndarray], Source]:
+  """Reference-named DiT tensors from any supported file, and where they came from.
+
+  * `.safetensors`, a sharded `*.safetensors.index.json`, or a directory holding one, in the
+    original Wan2.1 names or diffusers' `WanTransformer3DModel` names (told apart by the names);
+    a diffusers pipeline root or a huggingface_hub `models--ORG--NAME` folder stands for its weights.
   * `.pt` / `.pth`: a Causal/Self Forcing training checkpoint; `entry` picks generator,
     generator_ema or critic.
   """
-  path = pathlib.Path(path)
+  path = paths.resolve(path, "transformer")
   if path.suffix in (".pt", ".pth"):
-    sd = select_training_entry(torch_pickle.load_torch_file(path), str(path), entry)
-    return strip_wrapper_prefixes(sd, f"{path}[{entry or 'default entry'}]")
+    checkpoint = torch_pickle.load_torch_file(path)
+    entry, sd = select_training_entry(checkpoint, str(path), entry)
+    source = Source("training", entry, tuple(k for k in TRAINING_ENTRIES if k in checkpoint))
+    return strip_wrapper_prefixes(sd, f"{path}[{entry}]"), source
   if entry is not None:
     raise CheckpointError(f"{path}: --entry applies to .pt training checkpoints only")
-  return safetensors_io.load_safetensors(path)
+  sd = safetensors_io.load_safetensors(path)
+  entries = _entries(cfg)
+  if naming_of(sd, entries, str(path)) == "diffusers":
+    return to_reference_names(sd, entries, str(path)), Source("diffusers")
+  return sd, Source("wan")
+
+
+def load(path: str | pathlib.Path, cfg: WanConfig, entry: str | None = None, dtype=np.float32) -> tuple[dict, Source]:
+  """(Flax params of `WanModel(cfg)`, their `Source`) from reference weights (see `read_weights`)."""
+  state_dict, source = read_weights(path, cfg, entry)
+  label = f"{path}" + (f"[{source.entry}]" if source.entry else f" ({source.layout} layout)")
+  return params_from_torch(state_dict, cfg, label, dtype), source
 
 
 def load_params(path: str | pathlib.Path, cfg: WanConfig, entry: str | None = None, dtype=np.float32) -> dict:
-  """Flax params of `WanModel(cfg)` from reference weights (see `load_torch_state_dict`)."""
-  label = f"{path}" + (f"[{entry}]" if entry else "")
-  return params_from_torch(load_torch_state_dict(path, entry), cfg, label, dtype)
+  """Flax params of `WanModel(cfg)` from reference weights (see `read_weights`)."""
+  return load(path, cfg, entry, dtype)[0]
+
+
+def find_config(path: str | pathlib.Path) -> WanConfig | None:
+  """The architecture in the `config.json` beside (or in) the weights, Wan2.1's or diffusers'."""
+  path = paths.resolve(path, "transformer")
+  beside = (path if path.is_dir() else path.parent) / "config.json"
+  return WanConfig.from_json(beside) if beside.is_file() else None
+
+
+def save_diffusers(params: Mapping[str, Any], cfg: WanConfig, out: str | pathlib.Path, dtype=np.float32) -> int:
+  """Writes a diffusers `transformer/` folder (config.json, diffusion_pytorch_model.safetensors)
+  to `out`, which must not exist; returns the tensor count. Written beside `out` and renamed
+  when complete."""
+  out = pathlib.Path(out)
+  tensors = to_diffusers_names(params_to_torch(params, cfg, dtype), _entries(cfg))
+  tmp = out.with_name(f".{out.name}.tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(cfg.to_diffusers_dict(), indent=2, sort_keys=True) + "\n")
+    safetensors_io.save_safetensors(tensors, tmp / DIFFUSERS_WEIGHTS, metadata={"format": "pt"})
+    os.replace(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return len(tensors)
+
+
+def save_training_checkpoint(entries: Mapping[str, Mapping[str, Any]], cfg: WanConfig, out: str | pathlib.Path,
+                             dtype=np.float32) -> int:
+  """Writes a Causal/Self Forcing `.pt` holding each of `entries` (e.g. generator, generator_ema:
+  Flax params) as the state dict of the reference's `WanDiffusionWrapper` (names `model.<name>`),
+  which its inference.py --checkpoint_path loads; returns the tensors per entry."""
+  state_dicts = {name: {f"model.{k}": v for k, v in params_to_torch(params, cfg, dtype).items()}
+                 for name, params in entries.items()}
+  torch_pickle.save_torch_file(state_dicts, out)
+  return len(next(iter(state_dicts.values())))

@@ -3,6 +3,11 @@ import dataclasses
 import json
 import pathlib
 
+# How diffusers names the Wan2.1 DiT and its query/key norm in `transformer/config.json`.
+DIFFUSERS_CLASS = "WanTransformer3DModel"
+DIFFUSERS_QK_NORM = "rms_norm_across_heads"
+DIFFUSERS_VERSION = "0.33.1"  # the version recorded in configs this package writes
+
 
 @dataclasses.dataclass(frozen=True)
 class WanConfig:
@@ -80,6 +85,48 @@ class WanConfig:
     return PRESETS[name]()
 
   @classmethod
+  def from_json(cls, path: str | pathlib.Path) -> "WanConfig":
+    """Reads a Wan2.1 `config.json` or a diffusers `transformer/config.json`, told apart by their keys."""
+    raw = _read_json(path)
+    if raw.get("_class_name") == DIFFUSERS_CLASS or "num_attention_heads" in raw:
+      return cls.from_diffusers_dict(raw, path)
+    return cls.from_wan_json(path)
+
+  @classmethod
+  def from_diffusers_dict(cls, raw: dict, source: str | pathlib.Path = "config") -> "WanConfig":
+    """A diffusers `WanTransformer3DModel` config: dim = num_attention_heads · attention_head_dim."""
+    if raw.get("_class_name", DIFFUSERS_CLASS) != DIFFUSERS_CLASS:
+      raise ValueError(f"{source}: _class_name {raw['_class_name']!r} is not {DIFFUSERS_CLASS} (only Wan2.1 T2V)")
+    for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
+      if raw.get(key) is not None:
+        raise ValueError(f"{source}: {key}={raw[key]} belongs to an image-conditioned Wan model; only T2V is supported")
+    if raw.get("qk_norm") not in (None, DIFFUSERS_QK_NORM):
+      raise ValueError(f"{source}: qk_norm {raw['qk_norm']!r} is not supported (only {DIFFUSERS_QK_NORM!r} or null)")
+    default = cls()
+    heads = raw.get("num_attention_heads", default.num_heads)
+    return cls(
+        dim=heads * raw.get("attention_head_dim", default.head_dim), num_heads=heads,
+        ffn_dim=raw.get("ffn_dim", default.ffn_dim), num_layers=raw.get("num_layers", default.num_layers),
+        in_dim=raw.get("in_channels", default.in_dim), out_dim=raw.get("out_channels", default.out_dim),
+        text_dim=raw.get("text_dim", default.text_dim), freq_dim=raw.get("freq_dim", default.freq_dim),
+        patch_size=tuple(raw.get("patch_size", default.patch_size)), eps=raw.get("eps", default.eps),
+        qk_norm=raw.get("qk_norm", DIFFUSERS_QK_NORM) is not None,
+        cross_attn_norm=raw.get("cross_attn_norm", default.cross_attn_norm),
+    )
+
+  def to_diffusers_dict(self) -> dict:
+    """The `transformer/config.json` diffusers writes for this architecture (text_len is the
+    pipeline's max_sequence_length there, not a model setting)."""
+    return {
+        "_class_name": DIFFUSERS_CLASS, "_diffusers_version": DIFFUSERS_VERSION, "added_kv_proj_dim": None,
+        "attention_head_dim": self.head_dim, "cross_attn_norm": self.cross_attn_norm, "eps": self.eps,
+        "ffn_dim": self.ffn_dim, "freq_dim": self.freq_dim, "image_dim": None, "in_channels": self.in_dim,
+        "num_attention_heads": self.num_heads, "num_layers": self.num_layers, "out_channels": self.out_dim,
+        "patch_size": list(self.patch_size), "pos_embed_seq_len": None,
+        "qk_norm": DIFFUSERS_QK_NORM if self.qk_norm else None, "rope_max_seq_len": 1024, "text_dim": self.text_dim,
+    }
+
+  @classmethod
   def from_wan_json(cls, path: str | pathlib.Path) -> "WanConfig":
     """Reads a Wan2.1 `config.json`.
 
@@ -87,7 +134,7 @@ class WanConfig:
     and uses its defaults; released files omit them. They are honoured here when present, so
     small test models can be described by the same file format.
     """
-    raw = json.loads(pathlib.Path(path).read_text())
+    raw = _read_json(path)
     if raw.get("model_type", "t2v") != "t2v":
       raise ValueError(f"{path}: model_type {raw['model_type']!r} is not supported (only t2v)")
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -95,6 +142,16 @@ class WanConfig:
     if "patch_size" in kwargs:
       kwargs["patch_size"] = tuple(kwargs["patch_size"])
     return cls(**kwargs)
+
+
+def _read_json(path: str | pathlib.Path) -> dict:
+  try:
+    raw = json.loads(pathlib.Path(path).read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{path} is not a readable config.json ({e})") from None
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path} holds no JSON object")
+  return raw
 
 
 PRESETS = {"t2v_1_3b": WanConfig.t2v_1_3b, "t2v_14b": WanConfig.t2v_14b, "tiny": WanConfig.tiny, "toy": WanConfig.toy}
