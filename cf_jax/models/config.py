@@ -94,7 +94,11 @@ class WanConfig:
 
   @classmethod
   def from_diffusers_dict(cls, raw: dict, source: str | pathlib.Path = "config") -> "WanConfig":
-    """A diffusers `WanTransformer3DModel` config: dim = num_attention_heads · attention_head_dim."""
+    """A diffusers `WanTransformer3DModel` config: dim = num_attention_heads · attention_head_dim.
+
+    The text length is the pipelines' max_sequence_length (512), not in the file; a `text_len`
+    key, which configs of other lengths written by `to_diffusers_dict` carry, is honoured.
+    """
     if raw.get("_class_name", DIFFUSERS_CLASS) != DIFFUSERS_CLASS:
       raise ValueError(f"{source}: _class_name {raw['_class_name']!r} is not {DIFFUSERS_CLASS} (only Wan2.1 T2V)")
     for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
@@ -112,12 +116,13 @@ class WanConfig:
         patch_size=tuple(raw.get("patch_size", default.patch_size)), eps=raw.get("eps", default.eps),
         qk_norm=raw.get("qk_norm", DIFFUSERS_QK_NORM) is not None,
         cross_attn_norm=raw.get("cross_attn_norm", default.cross_attn_norm),
+        text_len=raw.get("text_len", default.text_len),
     )
 
   def to_diffusers_dict(self) -> dict:
-    """The `transformer/config.json` diffusers writes for this architecture (text_len is the
-    pipeline's max_sequence_length there, not a model setting)."""
-    return {
+    """The `transformer/config.json` diffusers writes for this architecture, with `text_len` only
+    where it differs from the pipelines' 512 (diffusers ignores the extra key)."""
+    config = {
         "_class_name": DIFFUSERS_CLASS, "_diffusers_version": DIFFUSERS_VERSION, "added_kv_proj_dim": None,
         "attention_head_dim": self.head_dim, "cross_attn_norm": self.cross_attn_norm, "eps": self.eps,
         "ffn_dim": self.ffn_dim, "freq_dim": self.freq_dim, "image_dim": None, "in_channels": self.in_dim,
@@ -125,6 +130,9 @@ class WanConfig:
         "patch_size": list(self.patch_size), "pos_embed_seq_len": None,
         "qk_norm": DIFFUSERS_QK_NORM if self.qk_norm else None, "rope_max_seq_len": 1024, "text_dim": self.text_dim,
     }
+    if self.text_len != WanConfig.text_len:
+      config["text_len"] = self.text_len
+    return config
 
   @classmethod
   def from_wan_json(cls, path: str | pathlib.Path) -> "WanConfig":
