@@ -1,19 +1,25 @@
 """`python -m cf_jax.sample`: stream videos from a few-step causal generator with a KV cache.
 
+A converted or exported checkpoint records how it samples (frames per block, step lists, shift;
+`python -m cf_jax.convert --preset ...`), so no layout flags are needed; --frames_per_block,
+--steps and --first_block_steps override it, with a note.
+
 Examples:
-  # chunk-wise Causal Forcing, 4 steps, text embeddings from `python -m cf_jax.encode_prompts`
+  # chunk-wise Causal Forcing, text embeddings from `python -m cf_jax.encode_prompts`
   python -m cf_jax.sample --checkpoint ckpt/cf_chunkwise --prompts prompts.txt \
-      --embeddings embeds/ --frames_per_block 3 --steps 4 --vae_checkpoint Wan2.1_VAE.pth --out out/
+      --embeddings embeds/ --vae_checkpoint ckpt/vae --out out/
   # frame-wise image-to-video
-  python -m cf_jax.sample --checkpoint ckpt/cf_framewise_ema --prompt "a cat surfing" \
-      --embeddings cat.npy --image cat.png --frames_per_block 1 --vae_checkpoint Wan2.1_VAE.pth --out out/
-  # smoke test of a tiny model with random text embeddings
-  python -m cf_jax.sample --checkpoint runs/wan_tiny --dry_run --prompt "test" --num_frames 6 \
-      --height 64 --width 64 --out runs/samples
+  python -m cf_jax.sample --checkpoint ckpt/cf_framewise --prompt "a cat surfing" \
+      --embeddings cat.npy --image cat.png --vae_checkpoint ckpt/vae --out out/
+  # smoke test of the repository's tiny fixture model with random text embeddings
+  python -m cf_jax.convert --src tests/fixtures/wan_tiny.pt --preset chunkwise --model tiny --out ckpt/wan_tiny
+  python -m cf_jax.sample --checkpoint ckpt/wan_tiny --dry_run --prompt "test" --num_frames 6 \
+      --height 64 --width 64 --dtype float32 --out out/tiny
 
 `--num_frames` counts latent frames (21 latent frames decode to the 81 video frames of the
 released models). Writes `<i>_latents.npy` per prompt and, with a VAE, `<i>.mp4` and `<i>.gif`.
 """
+import dataclasses
 import json
 import pathlib
 import sys
@@ -31,6 +37,7 @@ from cf_jax import video_io
 from cf_jax import weights
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.data import records
+from cf_jax.diffusion import sampling_setup
 from cf_jax.diffusion import streaming
 from cf_jax.models import vae as vae_lib
 from cf_jax.models import wan
@@ -56,10 +63,13 @@ _VAE_MODEL = flags.DEFINE_enum("vae_model", "wan21", ["wan21", "tiny"], "VAE pre
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 21, "Latent frames to generate (21 ↔ 81 video frames).")
 _HEIGHT = flags.DEFINE_integer("height", 480, "Video height in pixels.")
 _WIDTH = flags.DEFINE_integer("width", 832, "Video width in pixels.")
-_FRAMES_PER_BLOCK = flags.DEFINE_integer("frames_per_block", 3, "1 frame-wise, 3 chunk-wise.")
-_STEPS = flags.DEFINE_enum("steps", "4", ["4", "2", "1"], "Denoising steps per block.")
+_FRAMES_PER_BLOCK = flags.DEFINE_integer("frames_per_block", None, "1 frame-wise, 3 chunk-wise (default: the "
+                                         "checkpoint's sampling setup).")
+_STEPS = flags.DEFINE_enum("steps", None, ["4", "2", "1"], "Denoising steps per block, the released lists "
+                           "(default: the checkpoint's).")
 _FIRST_BLOCK_STEPS = flags.DEFINE_enum("first_block_steps", None, ["4", "2", "1"],
-                                       "Separate step count for the first block (Causal Forcing++ 1/2-step).")
+                                       "Separate step count for the first block (Causal Forcing++ 1/2-step; "
+                                       "default: the checkpoint's).")
 _LOCAL_ATTN_FRAMES = flags.DEFINE_integer("local_attn_frames", -1, "Rolling KV window in latent frames "
                                           "(-1: the whole video).")
 _SINK_FRAMES = flags.DEFINE_integer("sink_frames", 0, "Frames a rolling window never evicts.")
@@ -116,6 +126,26 @@ def load_generator() -> tuple[WanConfig, dict]:
   return weights.load_wan(_CHECKPOINT.value, preset, _ENTRY.value)
 
 
+def sampling(recorded: sampling_setup.SamplingSetup | None) -> sampling_setup.SamplingSetup:
+  """The checkpoint's recorded setup with the layout flags over it, each override noted; chunk-wise
+  4-step where nothing is recorded."""
+  overrides = {}
+  if _FRAMES_PER_BLOCK.value is not None:
+    overrides["frames_per_block"] = _FRAMES_PER_BLOCK.value
+  if _STEPS.value is not None:
+    overrides["denoising_steps"] = streaming.STEP_LISTS[int(_STEPS.value)]
+  if _FIRST_BLOCK_STEPS.value is not None:
+    overrides["first_block_denoising_steps"] = streaming.STEP_LISTS[int(_FIRST_BLOCK_STEPS.value)]
+  setup = dataclasses.replace(recorded or sampling_setup.RELEASED["chunkwise"].setup, **overrides)
+  if recorded is None and not {"frames_per_block", "denoising_steps"} <= set(overrides):
+    print(f"note: {_CHECKPOINT.value} records no sampling setup; sampling {setup.describe()} (convert with "
+          "--preset to record one)", file=sys.stderr)
+  elif recorded is not None and setup != recorded:
+    print(f"note: the flags override the checkpoint's sampling setup: {recorded.describe()} -> {setup.describe()}",
+          file=sys.stderr)
+  return setup
+
+
 def load_vae():
   if not _VAE.value:
     return None
@@ -136,21 +166,19 @@ def main(argv):
 def run():
   prompts = read_prompts()
   cfg, params = load_generator()
+  recorded = weights.read_info(_CHECKPOINT.value).get("sampling")
+  setup = sampling(sampling_setup.SamplingSetup.from_info(recorded) if recorded else None)
   embeds = text_embeddings(prompts, cfg)
   if _HEIGHT.value % (VAE_SPATIAL * 2) or _WIDTH.value % (VAE_SPATIAL * 2):
     raise ValueError(f"--height/--width must be multiples of {VAE_SPATIAL * 2} (VAE ×8, patch ×2)")
-  if _IMAGE.value and (not _VAE.value or _FRAMES_PER_BLOCK.value != 1):
+  if _IMAGE.value and (not _VAE.value or setup.frames_per_block != 1):
     raise ValueError("--image needs --vae_checkpoint and a frame-wise model (--frames_per_block 1)")
   vae = load_vae()
   dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
   params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
   generated = _NUM_FRAMES.value - (1 if _IMAGE.value else 0)
   capacity = _NUM_FRAMES.value if _LOCAL_ATTN_FRAMES.value == -1 else _LOCAL_ATTN_FRAMES.value
-  config = streaming.FewStepConfig.from_step_count(
-      _FRAMES_PER_BLOCK.value, int(_STEPS.value),
-      int(_FIRST_BLOCK_STEPS.value) if _FIRST_BLOCK_STEPS.value else None,
-      capacity_frames=capacity, sink_frames=_SINK_FRAMES.value,
-  )
+  config = setup.few_step_config(capacity_frames=capacity, sink_frames=_SINK_FRAMES.value)
   sampler = streaming.StreamingSampler(wan.WanModel(cfg, dtype=dtype, param_dtype=dtype), params, config)
   latent_hw = (_HEIGHT.value // VAE_SPATIAL, _WIDTH.value // VAE_SPATIAL)
   out = pathlib.Path(_OUT.value)
@@ -186,7 +214,7 @@ def run():
         video_io.write_mp4(video, out / f"{i:04d}.mp4")
         video_io.write_gif(video, out / f"{i:04d}.gif")
   (out / "prompts.json").write_text(json.dumps(prompts, ensure_ascii=False, indent=1))
-  print(f"wrote {len(prompts)} videos of {_NUM_FRAMES.value} latent frames to {out} "
+  print(f"wrote {len(prompts)} videos of {_NUM_FRAMES.value} latent frames ({setup.describe()}) to {out} "
         f"(first batch {timings[0]:.1f} s incl. compilation, later {np.mean(timings[1:] or [np.nan]):.1f} s)")
 
 

@@ -14,6 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cf_jax import weights
+from cf_jax.diffusion import sampling_setup
 from cf_jax.training import config as base
 from cf_jax.training import state as state_lib
 from cf_jax.training.trainer import STAGES as STAGE_MODULES
@@ -154,3 +155,12 @@ def test_every_config_loads_in_both_variants_and_builds_its_stage(path):
     if c.get("trainer") in STAGE_MODULES:
       stage = STAGE_MODULES[c.trainer].make_stage(c)
       assert "generator" in stage.networks and stage.updates
+
+
+def test_export_records_how_the_generator_samples(tmp_path):
+  trainer = Trainer(tiny_config("dmd_framewise_1step"), str(tmp_path))
+  trainer.export()
+  recorded = weights.read_info(tmp_path / "export" / "generator")["sampling"]
+  # The released Causal Forcing++ 1-step model samples so (configs/causal_forcing_dmd_framewise_1step.yaml).
+  assert sampling_setup.SamplingSetup.from_info(recorded) == sampling_setup.RELEASED["cfpp_1step"].setup
+  assert "sampling" not in weights.read_info(tmp_path / "export" / "critic")  # not a generator

@@ -36,6 +36,7 @@ from cf_jax import parallel
 from cf_jax import weights
 from cf_jax.data import pipeline
 from cf_jax.data import records
+from cf_jax.diffusion import sampling_setup
 from cf_jax.training import ar_diffusion
 from cf_jax.training import consistency
 from cf_jax.training import dmd
@@ -258,6 +259,8 @@ class Trainer:
       net = self.stage.networks[name.removesuffix("_ema")]
       path = self.workdir / "export" / name
       info = {"network": weights.NETWORKS["wan"].name, "config": checkpoint.config_dict(net.model.config)}
+      if name.removesuffix("_ema") == "generator":  # what `sample` needs to run it without flags
+        info["sampling"] = sampling_setup.SamplingSetup.from_train_config(self.config).to_info()
       checkpoint.save_params(path, params, info, overwrite=True)
       out[name] = path
     return out
