@@ -1,6 +1,10 @@
-"""`python -m cf_jax.encode_prompts`: prompts → umT5 text embeddings as ArrayRecord shards.
+"""`python -m cf_jax.encode_prompts`: prompts → umT5 text embeddings, as ArrayRecord shards or one `.npy`.
 
   python -m cf_jax.encode_prompts --prompts prompts/vidprom_filtered_extended.txt --out data/prompt_embeds \
+      --t5_checkpoint wan_models/Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth \
+      --tokenizer wan_models/Wan2.1-T2V-1.3B/google/umt5-xxl
+  # a few prompts for `python -m cf_jax.sample --embeddings prompts.npy`
+  python -m cf_jax.encode_prompts --prompts prompts.txt --format npy --out prompts.npy \
       --t5_checkpoint wan_models/Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth \
       --tokenizer wan_models/Wan2.1-T2V-1.3B/google/umt5-xxl
 
@@ -8,13 +12,16 @@ One prompt per line. Records hold `prompt_embeds [512, 4096]` (rows past the pro
 the reference's text encoder gives them), `length`, `prompt` and `index`. DMD training is data-free
 apart from these, so this is its dataset. Each host writes its own shards and encodes its batches
 over its local devices; an interrupted run resumes where it stopped (`cf_jax.data.records`).
+`--format npy` writes one float32 array [N, seq_len, dim] instead, in prompt order, for sampling.
 """
+import os
 import pathlib
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.data import records
@@ -22,7 +29,10 @@ from cf_jax.text import encoder as text_encoder
 from cf_jax.text.tokenizer import TokenizerError, clean_prompt
 
 _PROMPTS = flags.DEFINE_string("prompts", None, "Text file, one prompt per line.", required=True)
-_OUT = flags.DEFINE_string("out", None, "Output dataset directory.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output dataset directory, or a .npy file with --format npy.",
+                           required=True)
+_FORMAT = flags.DEFINE_enum("format", "records", ["records", "npy"], "records: ArrayRecord shards (a training "
+                            "dataset; resumable); npy: one float32 [N, seq_len, dim] array for sample --embeddings.")
 _T5 = flags.DEFINE_string("t5_checkpoint", None, "Converted umT5 or models_t5_umt5-xxl-enc-bf16.pth.",
                           required=True)
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory with the google/umt5-xxl spiece.model.",
@@ -60,9 +70,29 @@ def main(argv):
     sys.exit(1)
 
 
+def write_npy(prompts: list[str], encode, path: pathlib.Path) -> None:
+  """All embeddings in one float32 file (bfloat16 has no portable .npy form), written beside
+  `path` and renamed when complete."""
+  embeds = np.concatenate([encode(prompts[i : i + _BATCH_SIZE.value])[0]
+                           for i in range(0, len(prompts), _BATCH_SIZE.value)]).astype(np.float32)  # [N, L, D]
+  tmp = path.with_name(f".{path.name}.tmp.npy")
+  try:
+    np.save(tmp, embeds)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
 def run():
   prompts = read_prompts(_PROMPTS.value)
+  out = pathlib.Path(_OUT.value)
+  if _FORMAT.value == "npy" and out.suffix != ".npy":
+    raise ValueError(f"--format npy writes one .npy file; give --out a name ending in .npy, not {out}")
   encode = text_encoder.TextEncoder.load(_T5.value, _TOKENIZER.value, _MODEL.value, _SEQ_LEN.value)
+  if _FORMAT.value == "npy":
+    write_npy(prompts, encode, out)
+    print(f"wrote {len(prompts)} prompt embeddings to {out}")
+    return
 
   def encode_batch(batch, first_index):
     embeds, lengths = encode(list(batch))

@@ -138,3 +138,17 @@ def test_bad_input_exits_with_one_line(tmp_path, tokenizer_dir, prompts_file):
   no_t5 = run("cf_jax.encode_prompts", *args(prompts_file, tmp_path / "e", tokenizer_dir, tmp_path / "t5.pth"))
   assert "t5.pth does not exist" in error_line(no_t5)
   assert not any((tmp_path / n / records.MANIFEST).exists() for n in "abcde")
+
+
+def test_npy_format_writes_one_array_in_prompt_order(tmp_path, tokenizer_dir, prompts_file, expected):
+  out = tmp_path / "prompts.npy"
+  result = run("cf_jax.encode_prompts", *args(prompts_file, out, tokenizer_dir, FIXTURES / "umt5_tiny.pt",
+                                              "--format", "npy"))
+  assert result.returncode == 0, result.stderr
+  embeds = np.load(out)
+  assert embeds.shape == (len(PROMPTS), SEQ_LEN, 64) and embeds.dtype == np.float32
+  np.testing.assert_allclose(embeds, expected[0], atol=1e-5)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.npy"]  # no temporaries
+  wrong = run("cf_jax.encode_prompts", *args(prompts_file, tmp_path / "dir", tokenizer_dir, FIXTURES / "umt5_tiny.pt",
+                                             "--format", "npy"))
+  assert wrong.returncode == 1 and "name ending in .npy" in wrong.stderr and not (tmp_path / "dir").exists()
