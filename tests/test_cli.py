@@ -1,15 +1,18 @@
 """The command-line tools end to end, as a user runs them (subprocesses, CPU)."""
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
+from cf_jax import weights
 from cf_jax.convert import torch_pickle
 from cf_jax.convert import vae as convert_vae
 from cf_jax.models import vae
@@ -101,3 +104,61 @@ def test_sample_with_vae_writes_video_and_image_to_video_keeps_the_image(tiny_ch
   expected = vae.encode(vae_params, jnp.asarray(pixels / 127.5 - 1.0, jnp.float32)[None, None], cfg)
   latents = np.load(tmp_path / "i2v" / "0000_latents.npy")
   np.testing.assert_allclose(latents[0], np.asarray(expected)[0, 0], atol=1e-2)
+
+
+def test_convert_of_a_pt_says_which_entry_it_took(tiny_checkpoint, tmp_path):
+  result = run("cf_jax.convert", "--src", str(FIXTURES / "wan_tiny.pt"), "--model", "tiny", "--out", str(tmp_path / "c"))
+  assert result.returncode == 0, result.stderr
+  assert "took entry 'generator' of generator, generator_ema (the default; --entry picks another)" in result.stdout
+  assert "sampling: not recorded" in result.stdout
+
+
+def latents_of(checkpoint, out, *flags):
+  result = run("cf_jax.sample", "--checkpoint", str(checkpoint), "--prompt", "a red ball", "--dry_run",
+               "--num_frames", "3", "--height", "64", "--width", "64", "--dtype", "float32", "--out", str(out), *flags)
+  assert result.returncode == 0, result.stderr
+  return np.load(out / "0000_latents.npy"), result.stderr
+
+
+def test_sample_follows_the_recorded_setup_and_flags_override_it(tmp_path):
+  cfpp = tmp_path / "cfpp_1step"
+  result = run("cf_jax.convert", "--src", str(FIXTURES / "wan_tiny.pt"), "--preset", "cfpp_1step", "--model", "tiny",
+               "--out", str(cfpp))
+  assert result.returncode == 0, result.stderr
+  assert "took entry 'generator_ema' of generator, generator_ema (the --preset" in result.stdout
+  assert "sampling: frame-wise, steps 1000 (first block 1000,750,500,250), shift 5" in result.stdout
+  recorded, notes = latents_of(cfpp, tmp_path / "recorded")
+  assert "note" not in notes
+  explicit, notes = latents_of(cfpp, tmp_path / "explicit", "--frames_per_block", "1", "--steps", "1",
+                               "--first_block_steps", "4")
+  assert "note" not in notes  # the flags say what the checkpoint says
+  np.testing.assert_array_equal(recorded, explicit)
+  chunkwise, notes = latents_of(cfpp, tmp_path / "chunkwise", "--frames_per_block", "3", "--steps", "4")
+  assert "note: the flags override the checkpoint's sampling setup: frame-wise, steps 1000" in notes
+  assert not np.allclose(chunkwise, recorded)
+
+
+def test_reverse_to_diffusers_and_pt_and_back_is_the_identity(tiny_checkpoint, tmp_path):
+  diffusers = tmp_path / "transformer"
+  result = run("cf_jax.convert", "--reverse", "--format", "diffusers", "--src", str(tiny_checkpoint),
+               "--out", str(diffusers))
+  assert result.returncode == 0, result.stderr
+  assert json.loads((diffusers / "config.json").read_text())["num_attention_heads"] == 4
+  pt = tmp_path / "causal_forcing.pt"
+  result = run("cf_jax.convert", "--reverse", "--format", "pt", "--src", str(tiny_checkpoint), "--out", str(pt))
+  assert result.returncode == 0 and "entries generator and generator_ema" in result.stdout, result.stderr
+  reference = torch_pickle.load_torch_file(FIXTURES / "wan_tiny.pt")["generator_ema"]
+  ours = torch_pickle.load_torch_file(pt)
+  for entry in ("generator", "generator_ema"):  # named as the reference's inference.py loads them
+    assert ours[entry].keys() == reference.keys()
+    for name, value in reference.items():
+      np.testing.assert_array_equal(ours[entry][name], value)
+  back = tmp_path / "back"  # no --model: the config.json of the diffusers folder
+  result = run("cf_jax.convert", "--src", str(diffusers), "--out", str(back))
+  assert result.returncode == 0 and "from the diffusers layout" in result.stdout, result.stderr
+  _, original = weights.load_wan(tiny_checkpoint)
+  _, again = weights.load_wan(back)
+  for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  again = run("cf_jax.convert", "--reverse", "--format", "pt", "--src", str(tiny_checkpoint), "--out", str(pt))
+  assert again.returncode == 1 and "already exists" in again.stderr
