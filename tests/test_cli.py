@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from cf_jax import weights
+from cf_jax.diffusion import sampling_setup
 from cf_jax.convert import torch_pickle
 from cf_jax.convert import vae as convert_vae
 from cf_jax.models import vae
@@ -162,3 +163,26 @@ def test_reverse_to_diffusers_and_pt_and_back_is_the_identity(tiny_checkpoint, t
     np.testing.assert_array_equal(a, b)
   again = run("cf_jax.convert", "--reverse", "--format", "pt", "--src", str(tiny_checkpoint), "--out", str(pt))
   assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_convert_records_an_explicit_setup_and_exports_a_separate_ema(tiny_checkpoint, tmp_path):
+  mine = tmp_path / "mine"
+  result = run("cf_jax.convert", "--src", str(FIXTURES / "wan_tiny.pt"), "--entry", "generator", "--model", "tiny",
+               "--frames_per_block", "1", "--denoising_steps", "1000,500",
+               "--first_block_denoising_steps", "1000,750,500,250", "--out", str(mine))
+  assert result.returncode == 0, result.stderr
+  assert "took entry" not in result.stdout  # it was named
+  recorded = sampling_setup.SamplingSetup.from_info(weights.read_info(mine)["sampling"])
+  assert recorded == sampling_setup.RELEASED["cfpp_2step"].setup  # configs/causal_forcing_dmd_framewise_2step.yaml
+  half = run("cf_jax.convert", "--src", str(FIXTURES / "wan_tiny.pt"), "--model", "tiny", "--frames_per_block", "1",
+             "--out", str(tmp_path / "half"))
+  assert half.returncode == 1 and "both --frames_per_block and --denoising_steps" in half.stderr
+  assert not (tmp_path / "half").exists()
+  pt = tmp_path / "both.pt"  # generator from `mine` (the fixture's generator), EMA from tiny_checkpoint
+  result = run("cf_jax.convert", "--reverse", "--format", "pt", "--src", str(mine), "--ema_src", str(tiny_checkpoint),
+               "--out", str(pt))
+  assert result.returncode == 0, result.stderr
+  ours, reference = torch_pickle.load_torch_file(pt), torch_pickle.load_torch_file(FIXTURES / "wan_tiny.pt")
+  for entry in ("generator", "generator_ema"):
+    for name, value in reference[entry].items():
+      np.testing.assert_array_equal(ours[entry][name], value)

@@ -7,6 +7,7 @@ conversion script rule by rule, independently of the package's key tables.
 """
 import dataclasses
 import json
+import pathlib
 import re
 
 import jax
@@ -243,3 +244,16 @@ def test_exports_read_back_to_the_same_params(original, tmp_path):
   assert_same_params(convert_wan.load_params(pt, CFG, "generator"), params)
   assert_same_params(convert_wan.load_params(pt, CFG, "generator_ema"), ema)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["causal_forcing.pt", "transformer"]  # no temporaries
+
+
+def test_the_fake_hub_cache_is_what_huggingface_hub_reads(pipeline, tmp_path):
+  """huggingface_hub (the optional `hub` extra) resolves the test's cache offline as its own."""
+  hub = pytest.importorskip("huggingface_hub")
+  files = {str(p.relative_to(pipeline)): p for p in pipeline.rglob("*") if p.is_file()}
+  repo = hub_cache.add_repo(tmp_path / "hub", "Wan-AI/Wan2.1-T2V-tiny-Diffusers", files)
+  snapshot = hub.snapshot_download("Wan-AI/Wan2.1-T2V-tiny-Diffusers", cache_dir=tmp_path / "hub",
+                                   local_files_only=True)
+  assert pathlib.Path(snapshot) == repo / "snapshots" / hub_cache.COMMIT
+  config = hub.hf_hub_download("Wan-AI/Wan2.1-T2V-tiny-Diffusers", "transformer/config.json",
+                               cache_dir=tmp_path / "hub", local_files_only=True)
+  assert json.loads(pathlib.Path(config).read_text()) == TINY_DIFFUSERS_CONFIG
