@@ -110,7 +110,7 @@ def load_with_source(kind: str, path: str | pathlib.Path, config=None, entry: st
   config = config or network.find_config(path)
   if config is None:
     raise CheckpointError(f"{path} is not a converted checkpoint and has no config.json beside it: name the "
-                          f"model preset ({', '.join(network.presets)})")
+                          f"model preset (--model: {', '.join(network.presets)})")
   return (config, *network.load_torch(path, config, entry, dtype))
 
 
