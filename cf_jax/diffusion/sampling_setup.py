@@ -7,10 +7,9 @@ so one `--preset` tells `convert` all of it.
 import dataclasses
 from typing import Any
 
-from cf_jax.diffusion import flow_matching as fm
 from cf_jax.diffusion import streaming
 
-FOUR_STEPS = (1000, 750, 500, 250)
+FOUR_STEPS = streaming.STEP_LISTS[4]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +42,8 @@ class SamplingSetup:
     """The streaming sampler's settings (`kw`: capacity_frames, sink_frames, context_noise)."""
     if not self.causal:
       raise ValueError("this checkpoint is a bidirectional model; the streaming sampler needs a causal one")
-    warp = lambda steps: tuple(float(t) for t in fm.warp_denoising_steps(steps, self.timestep_shift))
-    first = self.first_block_denoising_steps
-    return streaming.FewStepConfig(self.frames_per_block, warp(self.denoising_steps), warp(first) if first else None,
-                                   **kw)
+    return streaming.FewStepConfig.from_step_lists(self.frames_per_block, self.denoising_steps,
+                                                   self.first_block_denoising_steps, self.timestep_shift, **kw)
 
   def describe(self) -> str:
     layout = {1: "frame-wise", 3: "chunk-wise"}.get(self.frames_per_block, f"{self.frames_per_block} frames per block")

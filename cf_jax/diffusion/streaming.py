@@ -52,11 +52,17 @@ class FewStepConfig:
   sink_frames: int = 0
 
   @classmethod
+  def from_step_lists(cls, frames_per_block: int, steps, first_block_steps=None, shift: float = 5.0, **kw):
+    """From unwarped step lists (e.g. (1000, 750, 500, 250)), warped with `shift`
+    (warp_denoising_step: true)."""
+    warp = lambda d: tuple(float(t) for t in fm.warp_denoising_steps(d, shift))
+    return cls(frames_per_block, warp(steps), warp(first_block_steps) if first_block_steps else None, **kw)
+
+  @classmethod
   def from_step_count(cls, frames_per_block: int, num_steps: int, first_block_num_steps: int | None = None, **kw):
-    """Uses the released warped step lists (warp_denoising_step: true, shift 5)."""
-    warp = lambda n: tuple(float(t) for t in fm.warp_denoising_steps(STEP_LISTS[n]))
-    first = warp(first_block_num_steps) if first_block_num_steps else None
-    return cls(frames_per_block, warp(num_steps), first, **kw)
+    """Uses the released step lists (shift 5)."""
+    first = STEP_LISTS[first_block_num_steps] if first_block_num_steps else None
+    return cls.from_step_lists(frames_per_block, STEP_LISTS[num_steps], first, **kw)
 
 
 @flax.struct.dataclass
