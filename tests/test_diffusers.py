@@ -257,3 +257,14 @@ def test_the_fake_hub_cache_is_what_huggingface_hub_reads(pipeline, tmp_path):
   config = hub.hf_hub_download("Wan-AI/Wan2.1-T2V-tiny-Diffusers", "transformer/config.json",
                                cache_dir=tmp_path / "hub", local_files_only=True)
   assert json.loads(pathlib.Path(config).read_text()) == TINY_DIFFUSERS_CONFIG
+
+
+def test_torch_reads_the_pt_export_as_its_own(original, tmp_path):
+  """Where torch is installed (it is no dependency): torch.load(weights_only=True), as the
+  original's inference.py loads a checkpoint, reads the export."""
+  torch = pytest.importorskip("torch")
+  params = convert_wan.params_from_torch(original[0], CFG, "original")
+  convert_wan.save_training_checkpoint({"generator": params, "generator_ema": params}, CFG, tmp_path / "x.pt")
+  loaded = torch.load(tmp_path / "x.pt", weights_only=True, mmap=True)
+  for name, value in original[0].items():
+    np.testing.assert_array_equal(loaded["generator_ema"][f"model.{name}"].numpy(), value)
