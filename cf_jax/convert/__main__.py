@@ -122,13 +122,17 @@ def convert() -> str:
     raise ValueError(f"--preset and the sampling flags describe a DiT, not --kind {_KIND.value}")
   entry = _ENTRY.value or (sampling_setup.RELEASED[_PRESET.value].entry if _PRESET.value else None)
   cfg, params, source = weights.load_with_source(_KIND.value, _SRC.value, _config(), entry, _dtype())
+  if sampling is None and source.get("sampling"):  # re-converting a converted checkpoint keeps its setup
+    sampling = sampling_setup.SamplingSetup.from_info(source["sampling"])
+  source = {"layout": source.get("layout", "converted"), "entry": source.get("entry"),
+            "entries": list(source.get("entries", []))}
   info = {"network": network.name, "config": checkpoint.config_dict(cfg), "source": _SRC.value, **source,
           "sampling": sampling.to_info() if sampling else None}
   checkpoint.save_params(_OUT.value, params, info, overwrite=_OVERWRITE.value)
   count = sum(x.size for x in jax.tree.leaves(params))
   lines = [f"wrote {_OUT.value}: {network.name} with {count:,} parameters ({_DTYPE.value}) from the "
            f"{source['layout']} layout"]
-  if source.get("entry") and not _ENTRY.value:
+  if source["entry"] and not _ENTRY.value and not weights.is_params_checkpoint(_SRC.value):
     lines.append(f"took entry {source['entry']!r} of {', '.join(source['entries'])} "
                  f"({'the --preset' if _PRESET.value else 'the default'}; --entry picks another)")
   if _KIND.value == "wan":
