@@ -1,8 +1,9 @@
 """Loading network weights from whatever a user has: a converted orbax checkpoint or PyTorch files.
 
-Each network kind (`wan` DiT, `vae`) names its config class, its presets and its PyTorch
-reader; `load` serves both sources, and the convert CLI writes checkpoints that record the kind
-and config so they load without further flags.
+Each network kind (`wan` DiT, `vae`, `t5`) names its config class, its presets, its PyTorch reader
+and how to find the architecture in a `config.json` beside PyTorch weights; `load` serves both
+sources, and the convert CLI writes checkpoints that record the kind, the config and (for a
+generator) how it samples, so they load without further flags.
 """
 import dataclasses
 import pathlib

@@ -268,3 +268,10 @@ def test_torch_reads_the_pt_export_as_its_own(original, tmp_path):
   loaded = torch.load(tmp_path / "x.pt", weights_only=True, mmap=True)
   for name, value in original[0].items():
     np.testing.assert_array_equal(loaded["generator_ema"][f"model.{name}"].numpy(), value)
+
+
+def test_a_config_of_another_model_is_refused(tmp_path):
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps({"_class_name": "AutoencoderKLWan", "base_dim": 96}))
+  with pytest.raises(ValueError, match="describes AutoencoderKLWan, neither a Wan2.1 WanModel nor a diffusers"):
+    WanConfig.from_json(path)
