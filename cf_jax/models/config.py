@@ -91,7 +91,7 @@ class WanConfig:
     if raw.get("_class_name") == DIFFUSERS_CLASS or "num_attention_heads" in raw:
       return cls.from_diffusers_dict(raw, path)
     if raw.get("_class_name", "WanModel") != "WanModel":
-      raise ValueError(f"{path} describes {raw["_class_name"]}, neither a Wan2.1 WanModel nor a diffusers "
+      raise ValueError(f"{path} describes {raw['_class_name']}, neither a Wan2.1 WanModel nor a diffusers "
                        f"{DIFFUSERS_CLASS}; point --src at the DiT's weights")
     return cls.from_wan_json(path)
 
