@@ -65,9 +65,10 @@ class SamplingSetup:
 
   @classmethod
   def from_train_config(cls, c) -> "SamplingSetup":
-    """The setup a training stage's generator samples with (its config's layout and step lists)."""
-    first = c.dmd.first_block_denoising_steps if "dmd" in c else None
-    return cls(c.frames_per_block, tuple(c.denoising_steps), tuple(first) if first else None,
+    """The setup a training stage's generator samples with: its config's layout and step lists
+    (the released 4-step list for a stage without one, e.g. stage 1)."""
+    first = c.dmd.get("first_block_denoising_steps") if "dmd" in c else None
+    return cls(c.frames_per_block, tuple(c.get("denoising_steps", FOUR_STEPS)), tuple(first) if first else None,
                causal=c.get("causal", True))
 
 
