@@ -230,7 +230,10 @@ def test_exports_read_back_to_the_same_params(original, tmp_path):
   assert convert_wan.save_diffusers(params, CFG, out) == len(original[0])
   assert json.loads((out / "config.json").read_text()) == CFG.to_diffusers_dict()
   exported = safetensors_io.load_safetensors(out)
-  assert exported.keys() == diffusers_dit_names(original[0]).keys()  # the names diffusers uses
+  expected = diffusers_dit_names(original[0])  # diffusers file -> params -> diffusers file
+  assert exported.keys() == expected.keys()
+  for name, value in expected.items():
+    np.testing.assert_array_equal(exported[name], value)
   cfg, again = weights.load_wan(out)
   assert cfg == CFG
   assert_same_params(again, params)
