@@ -186,3 +186,26 @@ def test_convert_records_an_explicit_setup_and_exports_a_separate_ema(tiny_check
   for entry in ("generator", "generator_ema"):
     for name, value in reference[entry].items():
       np.testing.assert_array_equal(ours[entry][name], value)
+
+
+def test_vae_reverse_to_both_namings_and_back(tmp_path):
+  converted = tmp_path / "vae"
+  result = run("cf_jax.convert", "--kind", "vae", "--src", str(FIXTURES / "wanvae_tiny.pt"), "--model", "tiny",
+               "--out", str(converted))
+  assert result.returncode == 0, result.stderr
+  for fmt, out in (("diffusers", tmp_path / "export" / "vae"), ("safetensors", tmp_path / "Wan2.1_VAE.safetensors")):
+    result = run("cf_jax.convert", "--reverse", "--kind", "vae", "--format", fmt, "--src", str(converted),
+                 "--out", str(out))
+    assert result.returncode == 0, result.stderr
+  reference = torch_pickle.load_torch_file(FIXTURES / "wanvae_tiny.pt")
+  ours = load_file(str(tmp_path / "Wan2.1_VAE.safetensors"))
+  assert ours.keys() == reference.keys()
+  for name, value in reference.items():
+    np.testing.assert_array_equal(ours[name], value)
+  _, original = weights.load("vae", converted)
+  _, again = weights.load("vae", tmp_path / "export" / "vae")  # no preset: its config.json
+  for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  pt = run("cf_jax.convert", "--reverse", "--kind", "vae", "--format", "pt", "--src", str(converted),
+           "--out", str(tmp_path / "vae.pt"))
+  assert pt.returncode == 1 and "export the VAE as safetensors or diffusers" in pt.stderr

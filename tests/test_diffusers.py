@@ -278,3 +278,24 @@ def test_a_config_of_another_model_is_refused(tmp_path):
   path.write_text(json.dumps({"_class_name": "AutoencoderKLWan", "base_dim": 96}))
   with pytest.raises(ValueError, match="describes AutoencoderKLWan, neither a Wan2.1 WanModel nor a diffusers"):
     WanConfig.from_json(path)
+
+
+def test_vae_exports_read_back_to_the_same_params(original, tmp_path):
+  cfg = VAEConfig.tiny()
+  params = convert_vae.load_vae_checkpoint(FIXTURES / "wanvae_tiny.pt", cfg)
+  exported = convert_vae.vae_params_to_torch(params, cfg)  # the original names and layouts
+  assert exported.keys() == original[1].keys()
+  for name, value in original[1].items():
+    np.testing.assert_array_equal(exported[name], value)
+  assert convert_vae.save_diffusers(params, cfg, tmp_path / "vae") == len(original[1])
+  written = json.loads((tmp_path / "vae" / "config.json").read_text())
+  assert {k: v for k, v in written.items() if k not in ("_diffusers_version", "latents_mean", "latents_std")} == {
+      k: v for k, v in TINY_VAE_CONFIG.items() if k not in ("_diffusers_version", "latents_mean", "latents_std")}
+  expected = diffusers_vae_names(original[1])
+  ours = safetensors_io.load_safetensors(tmp_path / "vae")
+  assert ours.keys() == expected.keys()
+  for name, value in expected.items():
+    np.testing.assert_array_equal(ours[name], value)
+  again_cfg, again = weights.load("vae", tmp_path / "vae")
+  assert again_cfg == cfg
+  assert_same_params(again, params)

@@ -19,6 +19,7 @@ Examples:
   python -m cf_jax.convert --reverse --src ckpt/cf_framewise --out causal_forcing.safetensors
   python -m cf_jax.convert --reverse --format diffusers --src ckpt/cf_framewise --out export/transformer
   python -m cf_jax.convert --reverse --format pt --src ckpt/cf_framewise --out causal_forcing.pt
+  python -m cf_jax.convert --reverse --kind vae --format diffusers --src ckpt/vae --out export/vae
 """
 import dataclasses
 import pathlib
@@ -34,6 +35,7 @@ import numpy as np
 from cf_jax import checkpoint
 from cf_jax import weights
 from cf_jax.convert import safetensors_io
+from cf_jax.convert import vae as convert_vae
 from cf_jax.convert import wan as convert_wan
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.diffusion import sampling_setup
@@ -66,11 +68,12 @@ _FIRST_BLOCK_STEPS = flags.DEFINE_list("first_block_denoising_steps", None, "Sam
                                        "first block's step list (Causal Forcing++ 1/2-step); 'none' for none.")
 _SHIFT = flags.DEFINE_float("timestep_shift", None, "Sampling setup to record: the step lists' warp shift (5).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Dtype of the written weights.")
-_REVERSE = flags.DEFINE_bool("reverse", False, "Export a converted DiT checkpoint to PyTorch formats.")
+_REVERSE = flags.DEFINE_bool("reverse", False, "Export a converted DiT or VAE checkpoint to PyTorch formats.")
 _FORMAT = flags.DEFINE_enum("format", "safetensors", ["safetensors", "diffusers", "pt"],
                             "With --reverse: original Wan2.1 names in one .safetensors; a diffusers transformer/ "
-                            "folder (config.json + diffusion_pytorch_model.safetensors); or a Causal Forcing .pt "
-                            "with generator and generator_ema entries, as the reference's inference.py loads.")
+                            "or vae/ folder (config.json + diffusion_pytorch_model.safetensors); or (DiT) a Causal "
+                            "Forcing .pt with generator and generator_ema entries, as the reference's inference.py "
+                            "loads.")
 _EMA_SRC = flags.DEFINE_string("ema_src", None, "With --reverse --format pt: the converted checkpoint of the "
                                "generator_ema entry (default: the --src weights in both entries).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
@@ -149,13 +152,28 @@ def _free(out: pathlib.Path):
     shutil.rmtree(out)
 
 
+def reverse_vae(out: pathlib.Path) -> str:
+  if _FORMAT.value == "pt":
+    raise ValueError("--format pt writes a Causal Forcing training checkpoint; export the VAE as safetensors or diffusers")
+  cfg, params = weights.load("vae", _SRC.value, dtype=_dtype())
+  _free(out)
+  if _FORMAT.value == "diffusers":
+    count = convert_vae.save_diffusers(params, cfg, out, _dtype())
+    return f"wrote {out}: config.json and {safetensors_io.DIFFUSERS_WEIGHTS} with {count} tensors in AutoencoderKLWan names"
+  state_dict = convert_vae.vae_params_to_torch(params, cfg, _dtype())
+  safetensors_io.save_safetensors(state_dict, out)
+  return f"wrote {out}: {len(state_dict)} tensors with the original Wan2.1_VAE.pth names"
+
+
 def reverse() -> str:
-  if _KIND.value != "wan":
-    raise ValueError(f"--reverse exports the Wan DiT only, not --kind {_KIND.value}")
+  if _KIND.value == "t5":
+    raise ValueError("--reverse exports the Wan DiT and the VAE, not --kind t5")
   if _EMA_SRC.value and _FORMAT.value != "pt":
     raise ValueError("--ema_src applies to --format pt only")
-  cfg, params = weights.load_wan(_SRC.value, dtype=_dtype())
   out = pathlib.Path(_OUT.value)
+  if _KIND.value == "vae":
+    return reverse_vae(out)
+  cfg, params = weights.load_wan(_SRC.value, dtype=_dtype())
   if _FORMAT.value == "pt":
     ema = weights.load_wan(_EMA_SRC.value, cfg, dtype=_dtype())[1] if _EMA_SRC.value else params
     _free(out)
@@ -165,7 +183,7 @@ def reverse() -> str:
   if _FORMAT.value == "diffusers":
     _free(out)
     count = convert_wan.save_diffusers(params, cfg, out, _dtype())
-    return f"wrote {out}: config.json and {convert_wan.DIFFUSERS_WEIGHTS} with {count} tensors in diffusers names"
+    return f"wrote {out}: config.json and {safetensors_io.DIFFUSERS_WEIGHTS} with {count} tensors in diffusers names"
   state_dict = convert_wan.params_to_torch(params, cfg, dtype=_dtype())
   _free(out)
   safetensors_io.save_safetensors(state_dict, out)

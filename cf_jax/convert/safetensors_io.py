@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import safetensors
@@ -65,3 +66,21 @@ def save_safetensors(tensors: dict[str, np.ndarray], path: str | os.PathLike, me
     os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
+
+
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def save_diffusers_folder(tensors: dict[str, np.ndarray], config: dict, out: str | os.PathLike) -> None:
+  """A diffusers model folder (`config.json`, `diffusion_pytorch_model.safetensors`) at `out`, which
+  must not exist: written beside it and renamed when complete, so no partial folder is left."""
+  out = pathlib.Path(out)
+  tmp = out.with_name(f".{out.name}.tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_safetensors(tensors, tmp / DIFFUSERS_WEIGHTS, metadata={"format": "pt"})
+    os.replace(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""PyTorch Wan VAE state dicts (`Wan2.1_VAE.pth`) -> Flax params of `cf_jax.models.vae.WanVAE`.
+"""PyTorch Wan VAE state dicts (`Wan2.1_VAE.pth`, diffusers `AutoencoderKLWan`) <-> Flax params of
+`cf_jax.models.vae.WanVAE`.
 
 One table (`_entries`) lists every reference tensor with its place in the Flax tree, its layout,
 its shape and its diffusers (`AutoencoderKLWan`) name; it is built from the same layer lists as the
@@ -16,9 +17,10 @@ from cf_jax.convert import paths
 from cf_jax.convert import safetensors_io
 from cf_jax.convert import torch_pickle
 from cf_jax.convert.errors import CheckpointError
-from cf_jax.convert.key_check import check_state_dict, naming_of, to_reference_names
-from cf_jax.convert.key_map import Entry, set_path
-from cf_jax.models.vae import Layer, VAEConfig, decoder_layers, encoder_layers
+from cf_jax.convert.key_check import check_state_dict, naming_of, to_diffusers_names, to_reference_names
+from cf_jax.convert.key_map import Entry, get_path, set_path
+from cf_jax.models.config import DIFFUSERS_VERSION
+from cf_jax.models.vae import LATENT_MEAN, LATENT_STD, Layer, VAEConfig, decoder_layers, encoder_layers
 
 Kind = Literal["conv3d", "conv2d", "gamma", "bias"]
 
@@ -137,6 +139,14 @@ def _to_flax(kind: Kind, w: np.ndarray) -> np.ndarray:
   return w
 
 
+def _to_torch(kind: Kind, w: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
+  if kind == "conv3d":  # [T, H, W, I, O] -> [O, I, T, H, W]
+    return w.transpose(4, 3, 0, 1, 2)
+  if kind == "conv2d":  # [H, W, I, O] -> [O, I, H, W]
+    return w.transpose(3, 2, 0, 1)
+  return w.reshape(torch_shape)
+
+
 def vae_params_from_torch(
     state_dict: Mapping[str, np.ndarray], config: VAEConfig, source: str = "VAE state dict", dtype=np.float32
 ) -> dict:
@@ -147,6 +157,37 @@ def vae_params_from_torch(
     w = np.ascontiguousarray(_to_flax(e.kind, np.asarray(state_dict[e.torch_name]))).astype(dtype)
     set_path(params, e.flax_path, w)
   return params
+
+
+def vae_params_to_torch(params: Mapping, config: VAEConfig, dtype=np.float32) -> dict[str, np.ndarray]:
+  """Flax params of `WanVAE(config)` -> reference names and layouts (`Wan2.1_VAE.pth` names)."""
+  out = {}
+  for e in _entries(config):
+    try:
+      w = np.asarray(get_path(params, e.flax_path))
+    except (KeyError, TypeError):
+      raise CheckpointError(f"params have no {'/'.join(e.flax_path)} (needed for {e.torch_name}); are they "
+                            "WanVAE params of this config?") from None
+    out[e.torch_name] = np.ascontiguousarray(_to_torch(e.kind, w, e.torch_shape)).astype(dtype)
+  return out
+
+
+def diffusers_config(config: VAEConfig) -> dict:
+  """The `vae/config.json` diffusers writes for this architecture."""
+  return {
+      "_class_name": DIFFUSERS_CLASS, "_diffusers_version": DIFFUSERS_VERSION, "attn_scales": [],
+      "base_dim": config.dim, "dim_mult": list(config.dim_mult), "dropout": 0.0,
+      "latents_mean": [float(x) for x in LATENT_MEAN], "latents_std": [float(x) for x in LATENT_STD],
+      "num_res_blocks": config.num_res_blocks, "temperal_downsample": list(config.temperal_downsample),
+      "z_dim": config.z_dim,
+  }
+
+
+def save_diffusers(params: Mapping, config: VAEConfig, out: str | pathlib.Path, dtype=np.float32) -> int:
+  """Writes a diffusers `vae/` folder to `out`; returns the tensor count."""
+  tensors = to_diffusers_names(vae_params_to_torch(params, config, dtype), _entries(config))
+  safetensors_io.save_diffusers_folder(tensors, diffusers_config(config), out)
+  return len(tensors)
 
 
 def read_state_dict(path: str | pathlib.Path, config: VAEConfig) -> tuple[dict[str, np.ndarray], str]:

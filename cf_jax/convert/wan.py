@@ -7,10 +7,7 @@ training checkpoints are read; all three are written back.
 Reference names: architecture.md §8 (e.g. `blocks.3.self_attn.q.weight`, Linear weights [out, in]).
 """
 import dataclasses
-import json
-import os
 import pathlib
-import shutil
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -29,7 +26,6 @@ Kind = Literal["linear", "vector", "patch", "modulation"]
 # Training checkpoints of the reference hold these top-level entries (architecture.md §8.7).
 TRAINING_ENTRIES = ("generator", "generator_ema", "critic", "model")
 # Wrapper prefixes that FSDP, activation checkpointing and torch.compile insert into names.
-DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 _WRAPPER_PREFIXES = ("module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
@@ -235,20 +231,10 @@ def find_config(path: str | pathlib.Path) -> WanConfig | None:
 
 
 def save_diffusers(params: Mapping[str, Any], cfg: WanConfig, out: str | pathlib.Path, dtype=np.float32) -> int:
-  """Writes a diffusers `transformer/` folder (config.json, diffusion_pytorch_model.safetensors)
-  to `out`, which must not exist; returns the tensor count. Written beside `out` and renamed
-  when complete."""
-  out = pathlib.Path(out)
+  """Writes a diffusers `transformer/` folder to `out` (see `safetensors_io.save_diffusers_folder`);
+  returns the tensor count."""
   tensors = to_diffusers_names(params_to_torch(params, cfg, dtype), _entries(cfg))
-  tmp = out.with_name(f".{out.name}.tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  try:
-    tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(cfg.to_diffusers_dict(), indent=2, sort_keys=True) + "\n")
-    safetensors_io.save_safetensors(tensors, tmp / DIFFUSERS_WEIGHTS, metadata={"format": "pt"})
-    os.replace(tmp, out)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  safetensors_io.save_diffusers_folder(tensors, cfg.to_diffusers_dict(), out)
   return len(tensors)
 
 
