@@ -45,7 +45,7 @@ _SRC = flags.DEFINE_string("src", None, "PyTorch weights (.safetensors, index .j
                            "transformer/ or vae/ folder or pipeline root, huggingface_hub models--ORG--NAME "
                            "folder, .pt/.pth), or with --reverse a converted checkpoint directory.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output: a checkpoint directory; with --reverse a .safetensors file, "
-                           "a diffusers transformer/ folder or a .pt file (see --format).", required=True)
+                           "a diffusers transformer/ or vae/ folder, or a .pt file (see --format).", required=True)
 _KIND = flags.DEFINE_enum("kind", "wan", sorted(weights.NETWORKS),
                           "Network: the Wan DiT, the VAE or the umT5 text encoder.")
 _MODEL = flags.DEFINE_string("model", None, "Preset: t2v_1_3b, t2v_14b, tiny (DiT); wan21, tiny (VAE); "
