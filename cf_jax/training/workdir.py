@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 
 import jax
 from jax.experimental import multihost_utils
@@ -91,7 +92,8 @@ class Lock:
     self.path = workdir / LOCK
     self._local = "://" not in str(workdir)
     self._me = {"host": socket.gethostname(), "pid": os.getpid(),
-                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "token": uuid.uuid4().hex}  # this Lock, among several of one process
     self._stop = threading.Event()
     self._thread = None
     self._held = False
@@ -104,8 +106,12 @@ class Lock:
     except (ValueError, OSError):  # being written right now: a live holder
       return {"host": "?", "pid": -1, "started": "?", "heartbeat": time.time()}
 
-  def _is_mine(self, holder: dict) -> bool:
+  def _is_this_process(self, holder: dict) -> bool:
     return holder["host"] == self._me["host"] and holder["pid"] == self._me["pid"]
+
+  def _is_mine(self) -> bool:
+    holder = self._holder()
+    return holder is not None and holder.get("token") == self._me["token"]
 
   @staticmethod
   def _is_stale(holder: dict) -> bool:
@@ -137,7 +143,7 @@ class Lock:
     for _ in range(3):
       holder = self._holder()
       if holder is not None:
-        if not (self._is_mine(holder) or self._is_stale(holder)):
+        if not (self._is_this_process(holder) or self._is_stale(holder)):
           age = time.time() - holder["heartbeat"]
           raise ValueError(
               f"{self.path.parent} is in use by pid {holder['pid']} on {holder['host']} (started {holder['started']}, "
@@ -158,7 +164,8 @@ class Lock:
     atexit.register(self.release)
 
   def _heartbeat(self) -> None:
-    while not self._stop.wait(HEARTBEAT_S):
+    # Stops when another Lock of this process took the workdir over.
+    while not self._stop.wait(HEARTBEAT_S) and self._is_mine():
       self._write(create=False)
 
   def release(self) -> None:
@@ -168,6 +175,5 @@ class Lock:
     self._held = False
     self._stop.set()
     self._thread.join()
-    holder = self._holder()
-    if holder is not None and self._is_mine(holder):
+    if self._is_mine():
       self.path.unlink(missing_ok=True)
