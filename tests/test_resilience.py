@@ -47,17 +47,20 @@ def metric_rows(workdir) -> list[dict]:
   return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
 
 
-def wait_for_rows(workdir, count: int, process: subprocess.Popen, timeout=300) -> None:
-  """Until metrics.jsonl holds `count` rows (the run is inside its loop)."""
+def wait_for_rows(workdir, count: int, process: subprocess.Popen, checkpoint: int | None = None, timeout=300):
+  """Until metrics.jsonl holds `count` rows (the run is inside its loop) and, if given, the
+  checkpoint of that step is complete."""
   deadline = time.monotonic() + timeout
-  while len(metric_rows(workdir)) < count:
+  while len(metric_rows(workdir)) < count or (checkpoint and checkpoint not in checkpoint_steps(workdir)):
     assert process.poll() is None, process.communicate()
     assert time.monotonic() < deadline
     time.sleep(0.1)
 
 
 def checkpoint_steps(workdir) -> list[int]:
-  return sorted(int(p.name) for p in (pathlib.Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
+  """Steps of the complete checkpoints (orbax renames a checkpoint to its step when done)."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
 
 
 def exported_generator(workdir):
@@ -67,17 +70,17 @@ def exported_generator(workdir):
 # -- SIGTERM ---------------------------------------------------------------------------------
 
 def test_sigterm_checkpoints_the_current_step_and_the_rerun_is_bitwise_equal(tmp_path):
-  steps = ("--config.num_steps=30", "--config.checkpoint_every=1000")
+  steps = ("--config.num_steps=16", "--config.checkpoint_every=1000")
   straight = train(tmp_path / "straight", *steps)
   assert finish(straight)[0] == 0
 
   run = train(tmp_path / "run", *steps)
-  wait_for_rows(tmp_path / "run", 3, run)
+  wait_for_rows(tmp_path / "run", 2, run)
   run.send_signal(signal.SIGTERM)
   code, out, err = finish(run)
   assert code == 0, err
   stopped = len(metric_rows(tmp_path / "run"))  # one row per step, the stopped step included
-  assert 3 <= stopped < 30
+  assert 3 <= stopped < 16
   assert f"stopped by a preemption signal at step {stopped}" in out
   assert checkpoint_steps(tmp_path / "run") == [stopped]  # the interval (1000) would have saved nothing
   assert not (tmp_path / "run" / "export").exists() and not (tmp_path / "run" / "lock.json").exists()
@@ -87,7 +90,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_is_bitwise_equal(tmp
   jax.tree.map(np.testing.assert_array_equal, exported_generator(tmp_path / "run"),
                exported_generator(tmp_path / "straight"))
   rows, reference = metric_rows(tmp_path / "run"), metric_rows(tmp_path / "straight")
-  assert [r["step"] for r in rows] == list(range(1, 31))
+  assert [r["step"] for r in rows] == list(range(1, 17))
   assert [r["generator/loss"] for r in rows] == [r["generator/loss"] for r in reference]
 
 
@@ -95,9 +98,9 @@ def test_sigkill_and_resume_keep_one_metrics_row_per_step(tmp_path):
   """A killed run leaves rows past its last checkpoint and a lock naming a dead pid: the resume
   takes the lock over and drops those rows, in metrics.jsonl and (purge marker) TensorBoard."""
   workdir = tmp_path / "run"
-  args = ("--config.num_steps=12", "--config.checkpoint_every=4", "--config.tensorboard=true")
+  args = ("--config.num_steps=12", "--config.checkpoint_every=5", "--config.tensorboard=true")
   run = train(workdir, *args)
-  wait_for_rows(workdir, 6, run)
+  wait_for_rows(workdir, 6, run, checkpoint=5)
   run.kill()
   run.wait()
   assert json.loads((workdir / "lock.json").read_text())["pid"] == run.pid

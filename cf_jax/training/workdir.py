@@ -147,7 +147,7 @@ class Lock:
           age = time.time() - holder["heartbeat"]
           raise ValueError(
               f"{self.path.parent} is in use by pid {holder['pid']} on {holder['host']} (started {holder['started']}, "
-              f"alive {age:.0f} s ago); stop that run or use another --workdir (a dead holder's lock is taken "
+              f"last heartbeat {age:.0f} s ago); stop that run or use another --workdir (a dead holder's lock is taken "
               f"over: at once on the same host, after {STALE_AFTER_S} s from another)")
         self.path.unlink(missing_ok=True)
       try:
