@@ -227,44 +227,49 @@ class Trainer:
     monitor = divergence.Monitor(c.skip_nonfinite_updates, tuple(self.updates))
     logged, last = {}, {}
     tick, videos, iterations = time.perf_counter(), 0, 0
-    try:
-      with self.mesh_context(), preemption.Signals(synced=True) as signals:
-        for n in range(start, c.num_steps):
-          for update in self.stage.updates:
-            if n % update.every == 0:
-              self.state, metrics = self.updates[update.name](self.state, self.frozen, self.next_batch())
-              metrics = monitor.add(n + 1, update.name, metrics)
-              last.update({f"{update.name}/{k}": v for k, v in metrics.items()})
-              videos += c.batch_size
-          self.state = self.state.replace(step=self.state.step + 1)
-          iterations += 1
-          progress.update(1)
-          done = n + 1
-          if done % c.log_every == 0 or done == c.num_steps:
-            monitor.check()
-            logged = {k: float(v) for k, v in jax.device_get(last).items()} | monitor.skipped()
-            elapsed = time.perf_counter() - tick
-            logged["perf/seconds_per_iteration"] = elapsed / iterations
-            logged["perf/videos_per_second"] = videos / elapsed
-            tick, videos, iterations = time.perf_counter(), 0, 0
-            writer.write(done, logged)
-            progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items() if k.endswith("loss")})
-          preempted = signals.reached(done)
-          if done % c.checkpoint_every == 0 or done == c.num_steps or preempted:
-            monitor.check()
-            self.save()
-          if preempted:
-            self.manager.wait_until_finished()
-            raise preemption.Preempted(f"stopped by a preemption signal at step {done}, checkpoint saved in "
-                                       f"{self.workdir / 'checkpoints'}; run the same command to resume")
+    with self.mesh_context(), preemption.Signals(synced=True) as signals, self._stopping(writer, progress):
+      for n in range(start, c.num_steps):
+        for update in self.stage.updates:
+          if n % update.every == 0:
+            self.state, metrics = self.updates[update.name](self.state, self.frozen, self.next_batch())
+            metrics = monitor.add(n + 1, update.name, metrics)
+            last.update({f"{update.name}/{k}": v for k, v in metrics.items()})
+            videos += c.batch_size
+        self.state = self.state.replace(step=self.state.step + 1)
+        iterations += 1
+        progress.update(1)
+        done = n + 1
+        if done % c.log_every == 0 or done == c.num_steps:
+          monitor.check()
+          logged = {k: float(v) for k, v in jax.device_get(last).items()} | monitor.skipped()
+          elapsed = time.perf_counter() - tick
+          logged["perf/seconds_per_iteration"] = elapsed / iterations
+          logged["perf/videos_per_second"] = videos / elapsed
+          tick, videos, iterations = time.perf_counter(), 0, 0
+          writer.write(done, logged)
+          progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items() if k.endswith("loss")})
+        preempted = signals.reached(done)
+        if done % c.checkpoint_every == 0 or done == c.num_steps or preempted:
+          monitor.check()
+          self.save()
+        if preempted:
+          self.manager.wait_until_finished()
+          raise preemption.Preempted(f"stopped by a preemption signal at step {done}, checkpoint saved in "
+                                     f"{self.workdir / 'checkpoints'}; run the same command to resume")
       self.manager.wait_until_finished()
       self.export()
+    return logged
+
+  @contextlib.contextmanager
+  def _stopping(self, writer: MetricWriter, progress: tqdm.tqdm):
+    """However run() ends: metrics closed, a checkpoint in flight finished, the workdir freed."""
+    try:
+      yield
     finally:
       progress.close()
       writer.close()
-      self.manager.wait_until_finished()  # a checkpoint in flight is finished, whatever stopped the run
+      self.manager.wait_until_finished()
       self._lock.release()
-    return logged
 
   def save(self):
     step = int(self.state.step)
