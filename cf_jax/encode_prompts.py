@@ -21,12 +21,14 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.data import records
 from cf_jax.text import encoder as text_encoder
 from cf_jax.text.tokenizer import TokenizerError, clean_prompt
+from cf_jax.training import preemption
 
 _PROMPTS = flags.DEFINE_string("prompts", None, "Text file, one prompt per line.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output dataset directory, or a .npy file with --format npy.",
@@ -68,6 +70,10 @@ def main(argv):
   except (CheckpointError, TokenizerError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except preemption.Preempted as e:  # progress is on disk: a rerun resumes
+    if jax.process_index() == 0:
+      print(e)
+    return
 
 
 def write_npy(prompts: list[str], encode, path: pathlib.Path) -> None:
@@ -105,7 +111,8 @@ def run():
       metadata={"kind": "prompt_embeds", "seq_len": _SEQ_LEN.value, "dtype": _DTYPE.value,
                 "dim": encode.config.dim},
   )
-  print(f"wrote {len(prompts)} prompt embeddings to {_OUT.value}")
+  if jax.process_index() == 0:
+    print(f"wrote {len(prompts)} prompt embeddings to {_OUT.value}")
 
 
 if __name__ == "__main__":

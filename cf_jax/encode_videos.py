@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import imageio.v2 as imageio
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -26,6 +27,7 @@ from cf_jax.convert.errors import CheckpointError
 from cf_jax.data import records
 from cf_jax.models import vae as vae_lib
 from cf_jax.text import encoder as text_encoder
+from cf_jax.training import preemption
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -93,6 +95,10 @@ def main(argv):
   except (CheckpointError, ValueError) as e:  # TokenizerError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except preemption.Preempted as e:  # progress is on disk: a rerun resumes
+    if jax.process_index() == 0:
+      print(e)
+    return
 
 
 def run():
@@ -125,7 +131,8 @@ def run():
       metadata={"kind": "video_latents", "num_frames": _NUM_FRAMES.value, "height": _HEIGHT.value,
                 "width": _WIDTH.value, "dtype": _DTYPE.value, "prompt_embeds": text is not None},
   )
-  print(f"wrote {len(items)} latent videos to {_OUT.value}")
+  if jax.process_index() == 0:
+    print(f"wrote {len(items)} latent videos to {_OUT.value}")
 
 
 if __name__ == "__main__":

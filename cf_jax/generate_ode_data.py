@@ -11,11 +11,13 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from cf_jax import multihost
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.training import ode_pairs
+from cf_jax.training import preemption
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/ode_data_<layout>.py[:tiny]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output dataset directory.", required=True)
@@ -31,7 +33,12 @@ def main(argv):
   except (CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  print(f"wrote ODE pairs to {out}")
+  except preemption.Preempted as e:  # progress is on disk: a rerun resumes
+    if jax.process_index() == 0:
+      print(e)
+    return
+  if jax.process_index() == 0:
+    print(f"wrote ODE pairs to {out}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@
 error. Restarting on the same workdir resumes from its latest checkpoint. On several hosts pass
 `--multihost` (Cloud TPU needs nothing else; GPU clusters also give the coordinator address,
 process count and index).
+
+SIGTERM/SIGINT: checkpoint the current step, exit 0 (rerun to resume). A non-finite update, a
+workdir another run holds, or a config that differs from the workdir's: one line, exit 1.
 """
 import sys
 
@@ -19,6 +22,7 @@ from ml_collections import config_flags
 from cf_jax import multihost
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.recipes import toy
+from cf_jax.training import preemption
 from cf_jax.training.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (configs/<stage>.py[:tiny]).",
@@ -35,6 +39,8 @@ def main(argv):
     print("error: --config is required, e.g. --config configs/ar_diffusion_chunkwise.py", file=sys.stderr)
     sys.exit(1)
   multihost.initialize()
+  if jax.process_index() != 0:  # one host's log is the run's log
+    logging.set_verbosity(logging.ERROR)
   config = _CONFIG.value
   try:
     if config.trainer == "toy_recipe":
@@ -47,6 +53,10 @@ def main(argv):
   except (CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except preemption.Preempted as e:
+    if jax.process_index() == 0:
+      print(e)
+    return
   if jax.process_index() == 0:
     print(" ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
     print(f"exported to {trainer.workdir / 'export'}")

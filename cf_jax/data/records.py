@@ -5,7 +5,8 @@ shape and raw bytes; bfloat16 included). A dataset directory holds shards
 `shard-NNNNN-of-MMMMM.array_record`, each covering a fixed, contiguous range of the input items,
 and a `manifest.json` once every shard exists. A shard is written under a temporary name and
 renamed when complete, so after an interruption a rerun finds every finished shard intact, skips
-it, and writes only the missing ones: no duplicates and no gaps.
+it, and writes only the missing ones: no duplicates and no gaps. SIGTERM/SIGINT stop the writer
+at the next batch: the unfinished shard's temporary file is deleted and `Preempted` raised.
 """
 import json
 import os
@@ -21,6 +22,8 @@ import msgpack
 import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
+
+from cf_jax.training import preemption
 
 _EXTRA_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16)}
 MANIFEST = "manifest.json"
@@ -70,21 +73,31 @@ def write_sharded(
   mine = [i for i in range(count) if i % jax.process_count() == jax.process_index()]
   todo = [i for i in mine if not (out / shard_name(i, count)).exists()]
   progress = tqdm.tqdm(total=sum(min(items_per_shard, len(items) - i * items_per_shard) for i in todo),
-                       desc=description, unit="item")
-  for shard in todo:
-    first, last = shard * items_per_shard, min((shard + 1) * items_per_shard, len(items))
-    final = out / shard_name(shard, count)
-    tmp = final.with_name(f".{final.name}.tmp")
-    writer = ArrayRecordWriter(str(tmp), "group_size:1")
-    try:
-      for start in range(first, last, batch_size):
-        batch = items[start : min(start + batch_size, last)]
-        for record in encode_batch(batch, start):
-          writer.write(serialize(record))
-        progress.update(len(batch))
-    finally:
-      writer.close()
-    os.replace(tmp, final)
+                       desc=description, unit="item", disable=jax.process_index() != 0)
+  with preemption.Signals() as signals:
+    for done, shard in enumerate(todo):
+      first, last = shard * items_per_shard, min((shard + 1) * items_per_shard, len(items))
+      final = out / shard_name(shard, count)
+      tmp = final.with_name(f".{final.name}.tmp")
+      writer = ArrayRecordWriter(str(tmp), "group_size:1")
+      stopped = False
+      try:
+        for start in range(first, last, batch_size):
+          stopped = signals.requested is not None
+          if stopped:
+            break
+          batch = items[start : min(start + batch_size, last)]
+          for record in encode_batch(batch, start):
+            writer.write(serialize(record))
+          progress.update(len(batch))
+      finally:
+        writer.close()
+      if stopped:
+        tmp.unlink()
+        progress.close()
+        raise preemption.Preempted(f"stopped by {signals.requested.name} with {done} of this host's {len(todo)} "
+                                   f"missing shards written to {out}; run the same command to write the rest")
+      os.replace(tmp, final)
   progress.close()
   if jax.process_count() > 1:  # every host's shards are on disk before process 0 looks
     multihost_utils.sync_global_devices(f"write_sharded:{out}")

@@ -89,6 +89,12 @@ def base(trainer: str, frames_per_block: int) -> ml_collections.ConfigDict:
   c.log_every = 10
   c.checkpoint_every = 1000  # iterations; the last iteration is always saved
   c.keep_checkpoints = 3
+  # A non-finite loss, gradient norm or state stops the run before it saves; True instead keeps
+  # the state of before such an update and counts it (`<update>/skipped_updates`).
+  c.skip_nonfinite_updates = False
+  # Resuming with a config that differs from the workdir's config.json in more than num_steps,
+  # logging, checkpointing and the mesh is refused unless this is True.
+  c.allow_config_change = False
   c.tensorboard = True
   c.wandb = ml_collections.ConfigDict(dict(enabled=False, project="cf_jax", name=""))
   return c

@@ -5,7 +5,8 @@
 
 Layout of a workdir:
 
-    config.json                 the locked config of the run
+    config.json                 the locked config of the run (a resume must match it, see `workdir`)
+    lock.json                   which process runs on the workdir now
     checkpoints/<step>/         orbax: `state` (every network, optimizer state, EMA, step, rng)
                                 and `data` (the input iterator's position)
     export/<network>/           params checkpoints the sampler and the next stage load
@@ -13,7 +14,9 @@ Layout of a workdir:
     metrics.jsonl, tensorboard/ metrics
 
 A run restarted on the same workdir resumes from its latest checkpoint, on whatever mesh it is
-given now: the state is restored straight into the new shardings.
+given now: the state is restored straight into the new shardings. SIGTERM or SIGINT checkpoints
+the current step and stops (`preemption`); a non-finite update stops the run before it saves
+(`divergence`).
 """
 import contextlib
 import json
@@ -39,8 +42,11 @@ from cf_jax.data import records
 from cf_jax.diffusion import sampling_setup
 from cf_jax.training import ar_diffusion
 from cf_jax.training import consistency
+from cf_jax.training import divergence
 from cf_jax.training import dmd
 from cf_jax.training import ode
+from cf_jax.training import preemption
+from cf_jax.training import workdir as workdir_lib
 from cf_jax.training.metrics import MetricWriter
 from cf_jax.training.stage import Network, Stage
 from cf_jax.training.state import TrainState
@@ -67,7 +73,8 @@ def initial_params(network: Network, name: str, data: ml_collections.ConfigDict,
   if network.init:
     _, params = weights.load_wan(network.init, network.model.config, network.entry)
     return jax.device_put(params, shardings) if shardings is not None else jax.device_put(params)
-  print(f"{name}: no init checkpoint set, random initialization")
+  if jax.process_index() == 0:
+    print(f"{name}: no init checkpoint set, random initialization")
   init = _init_fn(network, data)
   key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()))
   return jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(key)
@@ -83,6 +90,7 @@ class Trainer:
       raise ValueError(f"trainer {config.trainer!r}: choose one of {sorted(STAGES)}")
     self.config = config
     self.workdir = checkpoint.as_epath(workdir)
+    self._lock = workdir_lib.claim(self.workdir, config)
     self.mesh = parallel.make_mesh(**config.mesh)
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
     self.stage: Stage = STAGES[config.trainer].make_stage(config)
@@ -123,7 +131,8 @@ class Trainer:
       )
       self.state = restored["state"]
       self._data.set_state(restored["data"])
-    self.updates = {u.name: self._compile(u.fn) for u in self.stage.updates}
+    self.updates = {u.name: self._compile(divergence.guard(u.fn, config.skip_nonfinite_updates))
+                    for u in self.stage.updates}
     self._write_config()
 
   # -- set-up -----------------------------------------------------------------------------
@@ -209,19 +218,22 @@ class Trainer:
 
   def run(self) -> dict[str, float]:
     """Iterates to config.num_steps (checkpointing on the way), exports, returns the last
-    logged metrics."""
+    logged metrics. Raises preemption.Preempted after checkpointing on SIGTERM/SIGINT, and
+    divergence.Diverged (saving nothing more) at a non-finite update."""
     c = self.config
     start = int(self.state.step)
-    writer = MetricWriter(str(self.workdir), c.tensorboard, c.wandb, json.loads(c.to_json_best_effort()))
+    writer = MetricWriter(str(self.workdir), c.tensorboard, c.wandb, json.loads(c.to_json_best_effort()), start)
     progress = tqdm.tqdm(total=c.num_steps, initial=start, desc=c.trainer, unit="it",
                          disable=jax.process_index() != 0)
+    monitor = divergence.Monitor(c.skip_nonfinite_updates, tuple(self.updates))
     logged, last = {}, {}
     tick, videos, iterations = time.perf_counter(), 0, 0
-    with self.mesh_context():
+    with self.mesh_context(), preemption.Signals(synced=True) as signals, self._stopping(writer, progress):
       for n in range(start, c.num_steps):
         for update in self.stage.updates:
           if n % update.every == 0:
             self.state, metrics = self.updates[update.name](self.state, self.frozen, self.next_batch())
+            metrics = monitor.add(n + 1, update.name, metrics)
             last.update({f"{update.name}/{k}": v for k, v in metrics.items()})
             videos += c.batch_size
         self.state = self.state.replace(step=self.state.step + 1)
@@ -229,20 +241,36 @@ class Trainer:
         progress.update(1)
         done = n + 1
         if done % c.log_every == 0 or done == c.num_steps:
-          logged = {k: float(v) for k, v in jax.device_get(last).items()}
+          monitor.check()
+          logged = {k: float(v) for k, v in jax.device_get(last).items()} | monitor.skipped()
           elapsed = time.perf_counter() - tick
           logged["perf/seconds_per_iteration"] = elapsed / iterations
           logged["perf/videos_per_second"] = videos / elapsed
           tick, videos, iterations = time.perf_counter(), 0, 0
           writer.write(done, logged)
           progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items() if k.endswith("loss")})
-        if done % c.checkpoint_every == 0 or done == c.num_steps:
+        preempted = signals.reached(done)
+        if done % c.checkpoint_every == 0 or done == c.num_steps or preempted:
+          monitor.check()
           self.save()
-    progress.close()
-    writer.close()
-    self.manager.wait_until_finished()
-    self.export()
+        if preempted:
+          self.manager.wait_until_finished()
+          raise preemption.Preempted(f"stopped by a preemption signal at step {done}, checkpoint saved in "
+                                     f"{self.workdir / 'checkpoints'}; run the same command to resume")
+      self.manager.wait_until_finished()
+      self.export()
     return logged
+
+  @contextlib.contextmanager
+  def _stopping(self, writer: MetricWriter, progress: tqdm.tqdm):
+    """However run() ends: metrics closed, a checkpoint in flight finished, the workdir freed."""
+    try:
+      yield
+    finally:
+      progress.close()
+      writer.close()
+      self.manager.wait_until_finished()
+      self._lock.release()
 
   def save(self):
     step = int(self.state.step)
