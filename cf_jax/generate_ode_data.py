@@ -6,15 +6,13 @@ For every clean latent video of `data.path` (with its prompt embedding), the tea
 with CFG on the 48-step grid from fresh noise, every block conditioned on the ground-truth history
 (see `cf_jax.training.ode_pairs`). The dataset is written into --workdir; rerun to resume.
 """
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from cf_jax import cli
 from cf_jax import multihost
-from cf_jax.convert.errors import CheckpointError
 from cf_jax.training import ode_pairs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/ode_data_<layout>.py[:tiny]", lock_config=True)
@@ -26,13 +24,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   multihost.initialize()
-  try:
-    out = ode_pairs.generate(_CONFIG.value, _WORKDIR.value)
-  except (CheckpointError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  out = ode_pairs.generate(_CONFIG.value, _WORKDIR.value)
   print(f"wrote ODE pairs to {out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag="config")

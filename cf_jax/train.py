@@ -8,16 +8,15 @@ error. Restarting on the same workdir resumes from its latest checkpoint. On sev
 `--multihost` (Cloud TPU needs nothing else; GPU clusters also give the coordinator address,
 process count and index).
 """
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from cf_jax import cli
 from cf_jax import multihost
-from cf_jax.convert.errors import CheckpointError
+from cf_jax.errors import UserError
 from cf_jax.recipes import toy
 from cf_jax.training.trainer import Trainer
 
@@ -31,26 +30,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  if _CONFIG.value is None:
-    print("error: --config is required, e.g. --config configs/ar_diffusion_chunkwise.py", file=sys.stderr)
-    sys.exit(1)
   multihost.initialize()
   config = _CONFIG.value
-  try:
-    if config.trainer == "toy_recipe":
-      toy.run(config, _WORKDIR.value or "runs/toy")
-      return
-    if not _WORKDIR.value:
-      raise ValueError("--workdir is required, e.g. --workdir runs/ar_diffusion_chunkwise")
-    trainer = Trainer(config, _WORKDIR.value)
-    metrics = trainer.run()
-  except (CheckpointError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  if config.trainer == "toy_recipe":
+    toy.run(config, _WORKDIR.value or "runs/toy")
+    return
+  if not _WORKDIR.value:
+    raise UserError("--workdir is required, e.g. --workdir runs/ar_diffusion_chunkwise")
+  trainer = Trainer(config, _WORKDIR.value)
+  metrics = trainer.run()
   if jax.process_index() == 0:
     print(" ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
     print(f"exported to {trainer.workdir / 'export'}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag="config")

@@ -6,6 +6,8 @@ import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
 
+from cf_jax.errors import UserError
+
 FPS = 16  # Wan2.1 sample_fps
 
 
@@ -36,5 +38,5 @@ def read_image(path: str | os.PathLike, height: int, width: int) -> np.ndarray: 
   try:
     image = Image.open(path).convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
   except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read image {path}: {e}") from None
+    raise UserError(f"cannot read image {path}: {e}") from None
   return (np.asarray(image, np.float32) / 127.5 - 1.0)[None]

@@ -9,4 +9,4 @@ from cf_jax.training import config as base
 
 def get_config(variant: str = ""):
   c = base.causal_ode("framewise")
-  return base.tiny(c) if variant == "tiny" else c
+  return base.select(variant, c, tiny=base.tiny)

@@ -11,4 +11,4 @@ def get_config(variant: str = ""):
   c = base.dmd("framewise", init="runs/causal_cd_framewise/export/generator_ema")
   c.denoising_steps = (1000,)
   c.dmd.first_block_denoising_steps = (1000, 750, 500, 250)
-  return base.tiny(c) if variant == "tiny" else c
+  return base.select(variant, c, tiny=base.tiny)

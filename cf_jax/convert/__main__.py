@@ -15,19 +15,19 @@ Examples:
   python -m cf_jax.convert --reverse --src ckpt/cf_framewise_ema --out causal_forcing.safetensors
 """
 import pathlib
-import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 import numpy as np
 
 from cf_jax import checkpoint
+from cf_jax import cli
 from cf_jax import weights
 from cf_jax.convert import safetensors_io
 from cf_jax.convert import wan as convert_wan
 from cf_jax.convert.errors import CheckpointError
+from cf_jax.errors import UserError
 from cf_jax.models.config import WanConfig
 
 _SRC = flags.DEFINE_string("src", None, "PyTorch weights (.safetensors, index .json, model dir, .pt/.pth), "
@@ -49,18 +49,18 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output."
 
 def _config():
   if _MODEL.value and _MODEL_CONFIG.value:
-    raise ValueError("give --model or --model_config, not both")
+    raise UserError("give --model or --model_config, not both")
   if _MODEL.value:
     return weights.NETWORKS[_KIND.value].preset(_MODEL.value)
   if _KIND.value != "wan":
-    raise ValueError(f"name the {_KIND.value} preset with --model ({', '.join(weights.NETWORKS[_KIND.value].presets)})")
+    raise UserError(f"name the {_KIND.value} preset with --model ({', '.join(weights.NETWORKS[_KIND.value].presets)})")
   if _MODEL_CONFIG.value:
     return WanConfig.from_wan_json(_MODEL_CONFIG.value)
   src = pathlib.Path(_SRC.value)
   beside = (src if src.is_dir() else src.parent) / "config.json"
   if beside.is_file():
     return WanConfig.from_wan_json(beside)
-  raise ValueError("name the architecture with --model (t2v_1_3b, t2v_14b, tiny) or --model_config config.json")
+  raise UserError("name the architecture with --model (t2v_1_3b, t2v_14b, tiny) or --model_config config.json")
 
 
 def _dtype():
@@ -79,7 +79,7 @@ def convert() -> str:
 
 def reverse() -> str:
   if _KIND.value != "wan":
-    raise ValueError(f"--reverse exports the Wan DiT only, not --kind {_KIND.value}")
+    raise UserError(f"--reverse exports the Wan DiT only, not --kind {_KIND.value}")
   cfg, params = weights.load_wan(_SRC.value, dtype=_dtype())
   state_dict = convert_wan.params_to_torch(params, cfg, dtype=_dtype())
   if pathlib.Path(_OUT.value).exists() and not _OVERWRITE.value:
@@ -91,12 +91,8 @@ def reverse() -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-  try:
-    print(reverse() if _REVERSE.value else convert())
-  except (CheckpointError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  print(reverse() if _REVERSE.value else convert())
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,6 +3,8 @@ import dataclasses
 import json
 import pathlib
 
+from cf_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class WanConfig:
@@ -24,16 +26,16 @@ class WanConfig:
 
   def __post_init__(self):
     if self.dim % self.num_heads:
-      raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+      raise UserError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
     if self.head_dim % 2:
-      raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+      raise UserError(f"head_dim {self.head_dim} must be even for RoPE")
     if self.patch_size[0] != 1:
-      raise ValueError(
+      raise UserError(
           f"patch_size {self.patch_size}: the temporal patch must be 1, since timesteps and "
           "causal blocks are per latent frame (every Wan2.1 model uses (1, 2, 2))"
       )
     if self.freq_dim % 2:
-      raise ValueError(f"freq_dim {self.freq_dim} must be even (cos and sin halves)")
+      raise UserError(f"freq_dim {self.freq_dim} must be even (cos and sin halves)")
 
   @property
   def head_dim(self) -> int:
@@ -49,7 +51,7 @@ class WanConfig:
     """S: tokens of one latent frame of the given latent height and width."""
     _, ph, pw = self.patch_size
     if height % ph or width % pw:
-      raise ValueError(f"latent size {height}x{width} is not divisible by the patch {ph}x{pw}")
+      raise UserError(f"latent size {height}x{width} is not divisible by the patch {ph}x{pw}")
     return (height // ph) * (width // pw)
 
   @classmethod
@@ -76,7 +78,7 @@ class WanConfig:
   @classmethod
   def from_preset(cls, name: str) -> "WanConfig":
     if name not in PRESETS:
-      raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+      raise UserError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
 
   @classmethod
@@ -89,7 +91,7 @@ class WanConfig:
     """
     raw = json.loads(pathlib.Path(path).read_text())
     if raw.get("model_type", "t2v") != "t2v":
-      raise ValueError(f"{path}: model_type {raw['model_type']!r} is not supported (only t2v)")
+      raise UserError(f"{path}: model_type {raw['model_type']!r} is not supported (only t2v)")
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in raw.items() if k in fields}
     if "patch_size" in kwargs:

@@ -6,11 +6,13 @@ the config, so a misspelt override is an error.
 """
 import importlib.util
 import pathlib
+from collections.abc import Callable
 
 import ml_collections
 from ml_collections import config_dict
 
 from cf_jax import parallel
+from cf_jax.errors import UserError
 
 STAGES = ("ar_diffusion", "ode", "consistency", "dmd")
 
@@ -27,10 +29,28 @@ def from_file(path: str | pathlib.Path, variant: str = "") -> ml_collections.Con
   """`get_config(variant)` of a config file, as `--config path[:variant]` loads it (configs/ is a
   directory of files, not a package)."""
   path = pathlib.Path(path)
+  if not path.is_file():
+    raise UserError(f"config file {path} does not exist; the stage configs are in configs/ (e.g. "
+                    "configs/ar_diffusion_chunkwise.py)")
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  try:
+    return module.get_config(variant)
+  except UserError as e:
+    raise UserError(f"{path}: {e}") from None
+
+
+def select(variant: str, c: ml_collections.ConfigDict,
+           **variants: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
+  """`c` (no variant) or `variants[variant](c)`. An unknown variant is an error naming the valid
+  ones, so a typo never silently runs the full config."""
+  if not variant:
+    return c
+  if variant not in variants:
+    raise UserError(f"unknown config variant {variant!r}; use no variant (the full config) or "
+                    f"{' or '.join(':' + v for v in variants)}")
+  return variants[variant](c)
 
 
 def optimizer(lr: float, b1: float = 0.0, b2: float = 0.999) -> ml_collections.ConfigDict:

@@ -3,12 +3,22 @@
 Only process 0 writes. TensorBoard event files come from tensorboardX, so TensorFlow is never
 needed; W&B is imported only when enabled.
 """
+import importlib.util
 import json
 import pathlib
 from typing import Any
 
 import jax
 import ml_collections
+
+from cf_jax.errors import UserError
+
+
+def check_wandb(wandb_cfg: ml_collections.ConfigDict) -> None:
+  """Raises UserError when W&B is enabled but not installed; the trainer asks before it starts."""
+  if wandb_cfg.enabled and importlib.util.find_spec("wandb") is None:
+    raise UserError("wandb.enabled is set but wandb is not installed: pip install wandb, "
+                    "or leave --config.wandb.enabled false")
 
 
 class MetricWriter:
@@ -25,11 +35,10 @@ class MetricWriter:
       import tensorboardX  # pylint: disable=import-outside-toplevel
 
       self._tb = tensorboardX.SummaryWriter(str(logdir / "tensorboard"))
+    check_wandb(wandb_cfg)
     if wandb_cfg.enabled:
-      try:
-        import wandb  # pylint: disable=import-outside-toplevel
-      except ImportError:
-        raise ValueError("wandb.enabled is set but wandb is not installed: pip install wandb") from None
+      import wandb  # pylint: disable=import-outside-toplevel
+
       self._wandb = wandb.init(project=wandb_cfg.project, name=wandb_cfg.name or None, config=config_json)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:

@@ -36,11 +36,12 @@ from cf_jax import parallel
 from cf_jax import weights
 from cf_jax.data import pipeline
 from cf_jax.data import records
+from cf_jax.errors import UserError
 from cf_jax.training import ar_diffusion
 from cf_jax.training import consistency
 from cf_jax.training import dmd
 from cf_jax.training import ode
-from cf_jax.training.metrics import MetricWriter
+from cf_jax.training.metrics import MetricWriter, check_wandb
 from cf_jax.training.stage import Network, Stage
 from cf_jax.training.state import TrainState
 
@@ -72,6 +73,10 @@ def initial_params(network: Network, name: str, data: ml_collections.ConfigDict,
   return jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(key)
 
 
+def _nbytes(tree) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
 def _with_sharding(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
@@ -79,9 +84,11 @@ def _with_sharding(tree, shardings):
 class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     if config.trainer not in STAGES:
-      raise ValueError(f"trainer {config.trainer!r}: choose one of {sorted(STAGES)}")
+      raise UserError(f"trainer {config.trainer!r}: choose one of {sorted(STAGES)}")
     self.config = config
     self.workdir = checkpoint.as_epath(workdir)
+    checkpoint.check_writable(self.workdir)
+    check_wandb(config.wandb)
     self.mesh = parallel.make_mesh(**config.mesh)
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
     self.stage: Stage = STAGES[config.trainer].make_stage(config)
@@ -96,15 +103,18 @@ class Trainer:
     abstract_state = jax.eval_shape(self._init_state, {n: abstract[n] for n in self.stage.trainable})
     self.state_shardings = self._state_shardings(abstract_state)
     self.abstract_state = _with_sharding(abstract_state, self.state_shardings)
+    exported = {**abstract_state.params, **abstract_state.ema}
+    checkpoint.check_free_space(self.workdir, _nbytes(abstract_state) + _nbytes(exported),
+                                "a checkpoint and the exports")
     init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
 
-    self.frozen = self._frozen_inputs()
-    self.batch_sharding = parallel.batch_sharding(self.mesh, 1, self.rules)
-    self._data = pipeline.host_batches(
+    self._data = pipeline.host_batches(  # opened before any weights load: a bad dataset fails fast
         pipeline.source(config.data, self.stage.fields),
         config.batch_size // jax.process_count(),
         config.data.shuffle_seed,
     )
+    self.frozen = self._frozen_inputs()
+    self.batch_sharding = parallel.batch_sharding(self.mesh, 1, self.rules)
     self.manager = ocp.CheckpointManager(
         self.workdir / "checkpoints",
         item_names=("state", "data"),
@@ -137,10 +147,10 @@ class Trainer:
     c = self.config
     shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     if c.batch_size % (shards * c.grad_accum):
-      raise ValueError(f"batch_size {c.batch_size} must split over {shards} data-parallel devices × "
+      raise UserError(f"batch_size {c.batch_size} must split over {shards} data-parallel devices × "
                        f"grad_accum {c.grad_accum}; change --config.batch_size or the mesh")
     if c.batch_size % jax.process_count():
-      raise ValueError(f"batch_size {c.batch_size} must split over {jax.process_count()} hosts")
+      raise UserError(f"batch_size {c.batch_size} must split over {jax.process_count()} hosts")
 
   def _init_state(self, params: dict[str, Any]) -> TrainState:
     return TrainState(
@@ -270,11 +280,11 @@ def negative_prompt_embeds(data: ml_collections.ConfigDict) -> np.ndarray:
   if path == "zeros" or (not path and data.kind == "synthetic"):
     return np.zeros((data.text_len, data.text_dim), np.float32)
   if not path:
-    raise ValueError("data.negative_prompt_embeds is empty: encode the negative prompt (see README) and set it")
+    raise UserError("data.negative_prompt_embeds is empty: encode the negative prompt (see README) and set it")
   path = pathlib.Path(path)
   if path.suffix == ".npy":
     if not path.is_file():
-      raise ValueError(f"data.negative_prompt_embeds: {path} does not exist")
+      raise UserError(f"data.negative_prompt_embeds: {path} does not exist")
     return np.load(path).astype(np.float32)
   return np.asarray(next(records.iterate(path))["prompt_embeds"], np.float32)
 
