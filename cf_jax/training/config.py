@@ -126,9 +126,16 @@ def ar_diffusion(layout: str) -> ml_collections.ConfigDict:
   return c
 
 
+def samples(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A generator stage's TensorBoard samples."""
+  c.sample_every = 250  # iterations between few-step sample videos in TensorBoard (0: none)
+  c.num_sample_videos = 4  # the first prompts of the data
+  return c
+
+
 def causal_ode(layout: str) -> ml_collections.ConfigDict:
   """Stage 2a from the stage-1 export, on its ODE pairs (causal_ode_<layout>.yaml)."""
-  c = base("ode", LAYOUTS[layout])
+  c = samples(base("ode", LAYOUTS[layout]))
   c.init.generator = f"runs/ar_diffusion_{layout}/export/generator"
   c.data.path = f"data/ode_pairs_{layout}"  # generate_ode_data output
   c.optimizer = optimizer(lr=2e-6, b1=0.9)  # the one stage with beta1 0.9
@@ -162,7 +169,7 @@ def ode_data(layout: str) -> ml_collections.ConfigDict:
 def causal_cd(layout: str) -> ml_collections.ConfigDict:
   """Stage 2b (Causal Forcing++): student, EMA target and teacher all from the stage-1 export
   (causal_cd_<layout>.yaml). The EMA runs from step 0."""
-  c = base("consistency", LAYOUTS[layout])
+  c = samples(base("consistency", LAYOUTS[layout]))
   c.init.generator = c.init.teacher = f"runs/ar_diffusion_{layout}/export/generator"
   c.data.path = "data/latents"
   c.data.negative_prompt_embeds = "data/negative_prompt"
@@ -173,7 +180,7 @@ def causal_cd(layout: str) -> ml_collections.ConfigDict:
 def dmd(layout: str, init: str) -> ml_collections.ConfigDict:
   """Stage 3 (causal_forcing_dmd_<layout>.yaml): the generator from `init`, the fake score from
   Wan 1.3B, the frozen real score Wan 14B; data: prompt embeddings only."""
-  c = base("dmd", LAYOUTS[layout])
+  c = samples(base("dmd", LAYOUTS[layout]))
   c.init.generator = init
   c.init.critic = "wan_models/Wan2.1-T2V-1.3B"
   c.init.real_score = "wan_models/Wan2.1-T2V-14B"

@@ -36,6 +36,8 @@ from cf_jax import parallel
 from cf_jax import weights
 from cf_jax.data import pipeline
 from cf_jax.data import records
+from cf_jax.diffusion import flow_matching as fm
+from cf_jax.diffusion import streaming
 from cf_jax.errors import UserError
 from cf_jax.training import ar_diffusion
 from cf_jax.training import consistency
@@ -133,6 +135,7 @@ class Trainer:
       self.state = restored["state"]
       self._data.set_state(restored["data"])
     self.updates = {u.name: self._compile(u.fn) for u in self.stage.updates}
+    self._sampler = self._sample_context = None  # built by the first sample_videos()
     self._write_config()
 
   # -- set-up -----------------------------------------------------------------------------
@@ -245,6 +248,8 @@ class Trainer:
           tick, videos, iterations = time.perf_counter(), 0, 0
           writer.write(done, logged)
           progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items() if k.endswith("loss")})
+        if c.get("sample_every") and (done % c.sample_every == 0 or done == c.num_steps):
+          writer.write_videos(done, "samples", self.sample_videos())
         if done % c.checkpoint_every == 0 or done == c.num_steps:
           self.save()
     progress.close()
@@ -252,6 +257,29 @@ class Trainer:
     self.manager.wait_until_finished()
     self.export()
     return logged
+
+  def sample_videos(self) -> np.ndarray:
+    """Few-step videos [N, F, h, w, C] of the generator (its EMA once it has one) for the first
+    `num_sample_videos` prompts of the data, from the same noise every time, so that successive
+    samples show what training changed."""
+    c = self.config
+    if self._sampler is None:
+      warp = lambda steps: tuple(float(t) for t in fm.warp_denoising_steps(steps))
+      first = c.dmd.first_block_denoising_steps if "dmd" in c else None
+      few_step = streaming.FewStepConfig(c.frames_per_block, warp(c.denoising_steps), warp(first) if first else None,
+                                         capacity_frames=c.data.num_frames)
+      self._sampler = streaming.StreamingSampler(self.stage.networks["generator"].model, None, few_step)
+      prompts = pipeline.source(c.data, ("prompt_embeds",))
+      self._sample_context = np.stack([prompts[i]["prompt_embeds"] for i in range(c.num_sample_videos)])
+    generator = self.state.ema if "generator" in self.state.ema else self.state.params
+    self._sampler.params = generator["generator"]  # the sampler's compiled functions take params as input
+    key = jax.random.key(c.seed)
+    shape = (c.num_sample_videos, c.data.num_frames, c.data.latent_height, c.data.latent_width,
+             self._sampler.model.config.in_dim)
+    with self.mesh_context():
+      videos = self._sampler.generate(jnp.asarray(self._sample_context), jax.random.normal(key, shape),
+                                      jax.random.fold_in(key, 1))
+    return np.asarray(jax.device_get(videos), np.float32)
 
   def save(self):
     step = int(self.state.step)
