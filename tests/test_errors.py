@@ -150,3 +150,11 @@ def test_other_exceptions_keep_their_traceback():
          "cli.run(main)\n")
   result = run(code=bug)
   assert result.returncode != 0 and "Traceback" in result.stderr and "KeyError: 'a bug'" in result.stderr
+
+
+def test_a_key_the_stage_does_not_read_is_not_in_its_config(tmp_path):
+  # `causal` is stage 1's; the critic's optimizer is DMD's: on other stages they are unknown keys.
+  one_line_error(train(tmp_path / "run", "--config.causal=False"), "dmd_chunkwise.py:tiny has no key causal")
+  one_line_error(train(tmp_path / "run", "--config.critic_optimizer.lr=1e-3",
+                       config="configs/causal_ode_chunkwise.py:tiny"), "has no key critic_optimizer")
+  assert not (tmp_path / "run").exists()

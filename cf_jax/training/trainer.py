@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -248,7 +249,7 @@ class Trainer:
           tick, videos, iterations = time.perf_counter(), 0, 0
           writer.write(done, logged)
           progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items() if k.endswith("loss")})
-        if c.get("sample_every") and (done % c.sample_every == 0 or done == c.num_steps):
+        if c.get("sample_every") and done % c.sample_every == 0:
           writer.write_videos(done, "samples", self.sample_videos())
         if done % c.checkpoint_every == 0 or done == c.num_steps:
           self.save()
@@ -270,16 +271,17 @@ class Trainer:
                                          capacity_frames=c.data.num_frames)
       self._sampler = streaming.StreamingSampler(self.stage.networks["generator"].model, None, few_step)
       prompts = pipeline.source(c.data, ("prompt_embeds",))
-      self._sample_context = np.stack([prompts[i]["prompt_embeds"] for i in range(c.num_sample_videos)])
+      count = min(c.num_sample_videos, len(prompts))
+      self._sample_context = np.stack([prompts[i]["prompt_embeds"] for i in range(count)])  # [N, Lt, D]
     generator = self.state.ema if "generator" in self.state.ema else self.state.params
     self._sampler.params = generator["generator"]  # the sampler's compiled functions take params as input
     key = jax.random.key(c.seed)
-    shape = (c.num_sample_videos, c.data.num_frames, c.data.latent_height, c.data.latent_width,
+    shape = (len(self._sample_context), c.data.num_frames, c.data.latent_height, c.data.latent_width,
              self._sampler.model.config.in_dim)
     with self.mesh_context():
       videos = self._sampler.generate(jnp.asarray(self._sample_context), jax.random.normal(key, shape),
                                       jax.random.fold_in(key, 1))
-    return np.asarray(jax.device_get(videos), np.float32)
+    return np.asarray(multihost_utils.process_allgather(videos, tiled=True), np.float32)
 
   def save(self):
     step = int(self.state.step)
