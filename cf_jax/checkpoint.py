@@ -7,6 +7,8 @@ other, or onto a single CPU.
 """
 import dataclasses
 import pathlib
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -14,6 +16,7 @@ from etils import epath
 import orbax.checkpoint as ocp
 
 from cf_jax.convert.errors import CheckpointError
+from cf_jax.errors import UserError
 
 
 def save_params(path: str | pathlib.Path, params: Any, model_info: dict[str, Any], overwrite: bool = False) -> None:
@@ -73,6 +76,40 @@ def config_dict(config: Any) -> dict[str, Any]:
 def as_epath(path) -> epath.Path:
   """A local or gs:// path as orbax wants it: local paths made absolute."""
   return epath.Path(path if "://" in str(path) else pathlib.Path(path).absolute())
+
+
+def check_writable(directory: str | pathlib.Path, flag: str = "--workdir") -> None:
+  """Raises UserError unless files can be made in `directory` or, if it does not exist yet, in its
+  nearest existing parent (where it would be created). Creates nothing; gs:// is not probed."""
+  if "://" in str(directory):
+    return
+  existing = _nearest_existing(directory)
+  try:
+    if not existing.is_dir():
+      raise NotADirectoryError(20, f"{existing} is a file")
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise UserError(f"{flag} {directory} is not writable ({e.strerror or e}); choose another {flag}") from None
+
+
+def check_free_space(directory: str | pathlib.Path, nbytes: int, what: str, flag: str = "--workdir") -> None:
+  """Raises UserError when the disk of `directory` has less than `nbytes` free, so that a save never
+  starts that cannot finish (orbax would leave its temporary directory behind)."""
+  if "://" in str(directory):
+    return
+  free = shutil.disk_usage(_nearest_existing(directory)).free
+  if free < nbytes:
+    raise UserError(f"{flag} {directory} has {free / 2**30:.2f} GiB free; {what} needs {nbytes / 2**30:.2f} GiB: "
+                    f"free some space or choose another {flag}")
+
+
+def _nearest_existing(path) -> pathlib.Path:
+  """`path`, or the parent it would be created in."""
+  path = pathlib.Path(path)
+  while not path.exists():
+    path = path.parent
+  return path
 
 
 def _existing(path):

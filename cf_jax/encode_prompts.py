@@ -16,19 +16,17 @@ over its local devices; an interrupted run resumes where it stopped (`cf_jax.dat
 """
 import os
 import pathlib
-import sys
 
-from absl import app
 from absl import flags
 from absl import logging
-import jax
 import numpy as np
 
-from cf_jax.convert.errors import CheckpointError
+from cf_jax import checkpoint
+from cf_jax import cli
 from cf_jax.data import records
+from cf_jax.errors import UserError
 from cf_jax.text import encoder as text_encoder
-from cf_jax.text.tokenizer import TokenizerError, clean_prompt
-from cf_jax.training import preemption
+from cf_jax.text.tokenizer import clean_prompt
 
 _PROMPTS = flags.DEFINE_string("prompts", None, "Text file, one prompt per line.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output dataset directory, or a .npy file with --format npy.",
@@ -49,31 +47,23 @@ _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Stored
 def read_prompts(path: str) -> list[str]:
   file = pathlib.Path(path)
   if not file.is_file():
-    raise ValueError(f"--prompts {file} does not exist")
+    raise UserError(f"--prompts {file} does not exist")
   prompts = file.read_text(encoding="utf-8").splitlines()
   for i, p in enumerate(prompts):
     if not p.strip():
-      raise ValueError(f"{file}: line {i + 1} is empty; remove blank lines")
+      raise UserError(f"{file}: line {i + 1} is empty; remove blank lines")
     # Checked here, not when its batch comes up: a bad line fails the run before any encoding.
     if not clean_prompt(p):
-      raise ValueError(f"{file}: line {i + 1} ({p[:40]!r}) is empty after cleaning (HTML entities, whitespace)")
+      raise UserError(f"{file}: line {i + 1} ({p[:40]!r}) is empty after cleaning (HTML entities, whitespace)")
   if not prompts:
-    raise ValueError(f"{file} holds no prompts")
+    raise UserError(f"{file} holds no prompts")
   return prompts
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  try:
-    run()
-  except (CheckpointError, TokenizerError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except preemption.Preempted as e:  # progress is on disk: a rerun resumes
-    if jax.process_index() == 0:
-      print(e)
-    return
+  run()
 
 
 def write_npy(prompts: list[str], encode, path: pathlib.Path) -> None:
@@ -93,7 +83,8 @@ def run():
   prompts = read_prompts(_PROMPTS.value)
   out = pathlib.Path(_OUT.value)
   if _FORMAT.value == "npy" and out.suffix != ".npy":
-    raise ValueError(f"--format npy writes one .npy file; give --out a name ending in .npy, not {out}")
+    raise UserError(f"--format npy writes one .npy file; give --out a name ending in .npy, not {out}")
+  checkpoint.check_writable(_OUT.value, "--out")
   encode = text_encoder.TextEncoder.load(_T5.value, _TOKENIZER.value, _MODEL.value, _SEQ_LEN.value)
   if _FORMAT.value == "npy":
     write_npy(prompts, encode, out)
@@ -116,4 +107,4 @@ def run():
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,9 +11,7 @@ frames (1 + 4k) are resized to height × width and encoded; records hold `latent
 hosts and resumable (see `cf_jax.data.records`).
 """
 import pathlib
-import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import imageio.v2 as imageio
@@ -22,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from cf_jax import checkpoint
+from cf_jax import cli
 from cf_jax import weights
-from cf_jax.convert.errors import CheckpointError
 from cf_jax.data import records
+from cf_jax.errors import UserError
 from cf_jax.models import vae as vae_lib
 from cf_jax.text import encoder as text_encoder
-from cf_jax.training import preemption
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -50,16 +49,16 @@ _T5_MODEL = flags.DEFINE_enum("t5_model", "umt5_xxl", ["umt5_xxl", "tiny"], "umT
 def find_items(root: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
   """(video file or frame folder, caption) pairs, sorted by name; every caption must exist."""
   if not root.is_dir():
-    raise ValueError(f"--videos {root} is not a directory")
+    raise UserError(f"--videos {root} is not a directory")
   items = []
   for path in sorted(root.iterdir()):
     if path.suffix.lower() in VIDEO_SUFFIXES or (path.is_dir() and _frame_files(path)):
       caption = path.with_suffix(".txt") if path.is_file() else path.parent / f"{path.name}.txt"
       if not caption.is_file() or not caption.read_text(encoding="utf-8").strip():
-        raise ValueError(f"{path.name} has no caption: write its prompt into {caption.name}")
+        raise UserError(f"{path.name} has no caption: write its prompt into {caption.name}")
       items.append((path, caption.read_text(encoding="utf-8").strip()))
   if not items:
-    raise ValueError(f"--videos {root} holds no video files or frame folders")
+    raise UserError(f"--videos {root} holds no video files or frame folders")
   return items
 
 
@@ -80,9 +79,9 @@ def read_frames(path: pathlib.Path, num_frames: int, height: int, width: int) ->
           if len(images) == num_frames:
             break
   except (OSError, ValueError, RuntimeError) as e:
-    raise ValueError(f"cannot read {path}: {e}") from None
+    raise UserError(f"cannot read {path}: {e}") from None
   if len(images) < num_frames:
-    raise ValueError(f"{path} has {len(images)} frames, fewer than --num_frames {num_frames}")
+    raise UserError(f"{path} has {len(images)} frames, fewer than --num_frames {num_frames}")
   frames = [np.asarray(im.resize((width, height), Image.Resampling.BICUBIC), np.float32) for im in images]
   return np.stack(frames) / 127.5 - 1.0
 
@@ -90,28 +89,21 @@ def read_frames(path: pathlib.Path, num_frames: int, height: int, width: int) ->
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  try:
-    run()
-  except (CheckpointError, ValueError) as e:  # TokenizerError is a ValueError
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except preemption.Preempted as e:  # progress is on disk: a rerun resumes
-    if jax.process_index() == 0:
-      print(e)
-    return
+  run()
 
 
 def run():
   if (_NUM_FRAMES.value - 1) % 4:
-    raise ValueError(f"--num_frames {_NUM_FRAMES.value} must be 1 + 4k (e.g. 81)")
+    raise UserError(f"--num_frames {_NUM_FRAMES.value} must be 1 + 4k (e.g. 81)")
   if _HEIGHT.value % 16 or _WIDTH.value % 16:
-    raise ValueError("--height and --width must be multiples of 16 (VAE ×8, DiT patch ×2)")
+    raise UserError("--height and --width must be multiples of 16 (VAE ×8, DiT patch ×2)")
   items = find_items(pathlib.Path(_VIDEOS.value))
+  checkpoint.check_writable(_OUT.value, "--out")
   preset = None if weights.is_params_checkpoint(_VAE.value) else weights.NETWORKS["vae"].preset(_VAE_MODEL.value)
   vae_config, params = weights.load("vae", _VAE.value, preset)
   dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
   if bool(_T5.value) != bool(_TOKENIZER.value):
-    raise ValueError("--t5_checkpoint and --tokenizer go together (both, or neither)")
+    raise UserError("--t5_checkpoint and --tokenizer go together (both, or neither)")
   text = text_encoder.TextEncoder.load(_T5.value, _TOKENIZER.value, _T5_MODEL.value) if _T5.value else None
 
   def encode_batch(batch, first_index):
@@ -136,4 +128,4 @@ def run():
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -6,18 +6,15 @@ For every clean latent video of `data.path` (with its prompt embedding), the tea
 with CFG on the 48-step grid from fresh noise, every block conditioned on the ground-truth history
 (see `cf_jax.training.ode_pairs`). The dataset is written into --workdir; rerun to resume.
 """
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from cf_jax import cli
 from cf_jax import multihost
-from cf_jax.convert.errors import CheckpointError
 from cf_jax.training import ode_pairs
-from cf_jax.training import preemption
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/ode_data_<layout>.py[:tiny]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output dataset directory.", required=True)
@@ -28,18 +25,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   multihost.initialize()
-  try:
-    out = ode_pairs.generate(_CONFIG.value, _WORKDIR.value)
-  except (CheckpointError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except preemption.Preempted as e:  # progress is on disk: a rerun resumes
-    if jax.process_index() == 0:
-      print(e)
-    return
+  out = ode_pairs.generate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
     print(f"wrote ODE pairs to {out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag="config")

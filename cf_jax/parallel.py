@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cf_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # (logical name, mesh axes). FSDP shards the model width of every weight; tensor parallelism
@@ -40,14 +42,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
   devices = list(jax.devices() if devices is None else devices)
   shape = [data, fsdp, tensor]
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh shape {shape}: at most one axis may be -1")
+    raise UserError(f"mesh shape {shape}: at most one axis may be -1")
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not split over mesh shape {shape}")
+      raise UserError(f"{len(devices)} devices do not split over mesh shape {shape}")
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, {len(devices)} available")
+    raise UserError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, {len(devices)} available")
   return jax.make_mesh(
       tuple(shape), MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3
   )

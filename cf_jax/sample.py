@@ -25,7 +25,6 @@ import pathlib
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -33,12 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from cf_jax import checkpoint
+from cf_jax import cli
 from cf_jax import video_io
 from cf_jax import weights
-from cf_jax.convert.errors import CheckpointError
 from cf_jax.data import records
 from cf_jax.diffusion import sampling_setup
 from cf_jax.diffusion import streaming
+from cf_jax.errors import UserError
 from cf_jax.models import vae as vae_lib
 from cf_jax.models import wan
 from cf_jax.models.config import WanConfig
@@ -83,19 +84,34 @@ LATENT_CHANNELS = 16
 
 
 def read_prompts() -> list[str]:
-  if bool(_PROMPT.value) == bool(_PROMPTS.value):
-    raise ValueError("give exactly one of --prompt or --prompts")
+  if (_PROMPT.value is None) == (_PROMPTS.value is None):
+    raise UserError("give exactly one of --prompt or --prompts")
   if _PROMPT.value is not None:
-    prompts = [_PROMPT.value]
-  else:
-    path = pathlib.Path(_PROMPTS.value)
-    if not path.is_file():
-      raise ValueError(f"--prompts file {path} does not exist")
-    prompts = path.read_text(encoding="utf-8").splitlines()
+    if not _PROMPT.value.strip():
+      raise UserError("--prompt is empty; give the text of the video to generate")
+    return [_PROMPT.value]
+  path = pathlib.Path(_PROMPTS.value)
+  if not path.is_file():
+    raise UserError(f"--prompts file {path} does not exist")
+  prompts = path.read_text(encoding="utf-8").splitlines()
+  if not prompts:
+    raise UserError(f"--prompts file {path} is empty; write one prompt per line")
   for i, p in enumerate(prompts):
     if not p.strip():
-      raise ValueError(f"prompt {i + 1} is empty; remove blank lines from the prompt file")
+      raise UserError(f"{path}: prompt {i + 1} is empty; remove blank lines")
   return prompts
+
+
+def check_layout(frames_per_block: int) -> None:
+  """The flags that shape the video against the block size, checked before any weights are read."""
+  if _HEIGHT.value % (VAE_SPATIAL * 2) or _WIDTH.value % (VAE_SPATIAL * 2):
+    raise UserError(f"--height/--width must be multiples of {VAE_SPATIAL * 2} (VAE ×8, patch ×2)")
+  if _IMAGE.value and (not _VAE.value or frames_per_block != 1):
+    raise UserError("--image needs --vae_checkpoint and a frame-wise model (frames per block 1)")
+  generated = _NUM_FRAMES.value - (1 if _IMAGE.value else 0)  # the image is frame 0
+  if generated <= 0 or generated % frames_per_block:
+    raise UserError(f"--num_frames {_NUM_FRAMES.value} leaves {generated} frames to generate, not a positive "
+                    f"multiple of the {frames_per_block} frames per block")
 
 
 def text_embeddings(prompts: list[str], cfg: WanConfig) -> np.ndarray:  # [N, L, text_dim]
@@ -104,19 +120,19 @@ def text_embeddings(prompts: list[str], cfg: WanConfig) -> np.ndarray:  # [N, L,
     return rng.standard_normal((len(prompts), cfg.text_len, cfg.text_dim)).astype(np.float32)
   if _T5.value:
     if not _TOKENIZER.value:
-      raise ValueError("--t5_checkpoint needs --tokenizer (the google/umt5-xxl directory)")
+      raise UserError("--t5_checkpoint needs --tokenizer (the google/umt5-xxl directory)")
     return text_encoder.TextEncoder.load(_T5.value, _TOKENIZER.value)(prompts)[0]
   if not _EMBEDDINGS.value:
-    raise ValueError("pass --t5_checkpoint and --tokenizer, --embeddings (from python -m cf_jax.encode_prompts), "
+    raise UserError("pass --t5_checkpoint and --tokenizer, --embeddings (from python -m cf_jax.encode_prompts), "
                      "or --dry_run")
   if pathlib.Path(_EMBEDDINGS.value).is_dir():
     rows = list(records.iterate(_EMBEDDINGS.value))
     if [r["prompt"] for r in rows] != prompts:
-      raise ValueError(f"--embeddings {_EMBEDDINGS.value} was encoded from other prompts than the ones given")
+      raise UserError(f"--embeddings {_EMBEDDINGS.value} was encoded from other prompts than the ones given")
     return np.stack([r["prompt_embeds"] for r in rows]).astype(np.float32)
   embeds = np.load(_EMBEDDINGS.value)
   if embeds.ndim != 3 or embeds.shape[0] != len(prompts) or embeds.shape[2] != cfg.text_dim:
-    raise ValueError(f"--embeddings {_EMBEDDINGS.value} has shape {embeds.shape}; expected "
+    raise UserError(f"--embeddings {_EMBEDDINGS.value} has shape {embeds.shape}; expected "
                      f"[{len(prompts)} prompts, ≤{cfg.text_len}, {cfg.text_dim}]")
   return embeds.astype(np.float32)
 
@@ -156,23 +172,17 @@ def load_vae():
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-  try:
-    run()
-  except (CheckpointError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  run()
 
 
 def run():
   prompts = read_prompts()
-  cfg, params = load_generator()
   recorded = weights.read_info(_CHECKPOINT.value).get("sampling")
   setup = sampling(sampling_setup.SamplingSetup.from_info(recorded) if recorded else None)
+  check_layout(setup.frames_per_block)
+  checkpoint.check_writable(_OUT.value, "--out")
+  cfg, params = load_generator()
   embeds = text_embeddings(prompts, cfg)
-  if _HEIGHT.value % (VAE_SPATIAL * 2) or _WIDTH.value % (VAE_SPATIAL * 2):
-    raise ValueError(f"--height/--width must be multiples of {VAE_SPATIAL * 2} (VAE ×8, patch ×2)")
-  if _IMAGE.value and (not _VAE.value or setup.frames_per_block != 1):
-    raise ValueError("--image needs --vae_checkpoint and a frame-wise model (--frames_per_block 1)")
   vae = load_vae()
   dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
   params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
@@ -219,4 +229,4 @@ def run():
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

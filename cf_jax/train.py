@@ -11,18 +11,16 @@ process count and index).
 SIGTERM/SIGINT: checkpoint the current step, exit 0 (rerun to resume). A non-finite update, a
 workdir another run holds, or a config that differs from the workdir's: one line, exit 1.
 """
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from cf_jax import cli
 from cf_jax import multihost
-from cf_jax.convert.errors import CheckpointError
+from cf_jax.errors import UserError
 from cf_jax.recipes import toy
-from cf_jax.training import preemption
 from cf_jax.training.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file (configs/<stage>.py[:tiny]).",
@@ -35,32 +33,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  if _CONFIG.value is None:
-    print("error: --config is required, e.g. --config configs/ar_diffusion_chunkwise.py", file=sys.stderr)
-    sys.exit(1)
   multihost.initialize()
   if jax.process_index() != 0:  # one host's log is the run's log
     logging.set_verbosity(logging.ERROR)
   config = _CONFIG.value
-  try:
-    if config.trainer == "toy_recipe":
-      toy.run(config, _WORKDIR.value or "runs/toy")
-      return
-    if not _WORKDIR.value:
-      raise ValueError("--workdir is required, e.g. --workdir runs/ar_diffusion_chunkwise")
-    trainer = Trainer(config, _WORKDIR.value)
-    metrics = trainer.run()
-  except (CheckpointError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except preemption.Preempted as e:
-    if jax.process_index() == 0:
-      print(e)
+  if config.trainer == "toy_recipe":
+    toy.run(config, _WORKDIR.value or "runs/toy")
     return
+  if not _WORKDIR.value:
+    raise UserError("--workdir is required, e.g. --workdir runs/ar_diffusion_chunkwise")
+  trainer = Trainer(config, _WORKDIR.value)
+  metrics = trainer.run()
   if jax.process_index() == 0:
     print(" ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
     print(f"exported to {trainer.workdir / 'export'}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag="config")

@@ -1,10 +1,13 @@
 """Writing generated videos (MP4 at the reference's 16 fps, and GIF) and reading conditioning images."""
+import io
 import os
 import pathlib
 
 import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
+
+from cf_jax.errors import UserError
 
 FPS = 16  # Wan2.1 sample_fps
 
@@ -23,11 +26,18 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = FPS) -> No
   os.replace(tmp, path)
 
 
+def gif_bytes(frames: np.ndarray, fps: int = FPS) -> bytes:
+  """An animated GIF of frames [T, H, W, 3] in [-1, 1], looping."""
+  images = [Image.fromarray(f) for f in to_uint8(frames)]
+  buffer = io.BytesIO()
+  images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+  return buffer.getvalue()
+
+
 def write_gif(frames: np.ndarray, path: str | os.PathLike, fps: int = FPS) -> None:
   """frames [T, H, W, 3] in [-1, 1]."""
-  images = [Image.fromarray(f) for f in to_uint8(frames)]
   tmp = pathlib.Path(f"{path}.tmp.gif")
-  images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+  tmp.write_bytes(gif_bytes(frames, fps))
   os.replace(tmp, path)
 
 
@@ -36,5 +46,5 @@ def read_image(path: str | os.PathLike, height: int, width: int) -> np.ndarray: 
   try:
     image = Image.open(path).convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
   except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read image {path}: {e}") from None
+    raise UserError(f"cannot read image {path}: {e}") from None
   return (np.asarray(image, np.float32) / 127.5 - 1.0)[None]

@@ -19,6 +19,7 @@ from cf_jax.convert import t5 as convert_t5
 from cf_jax.convert import vae as convert_vae
 from cf_jax.convert import wan as convert_wan
 from cf_jax.convert.errors import CheckpointError
+from cf_jax.errors import UserError
 from cf_jax.models import config as wan_config
 from cf_jax.models import t5
 from cf_jax.models.config import WanConfig
@@ -35,7 +36,7 @@ class Network:
 
   def preset(self, name: str):
     if name not in self.presets:
-      raise ValueError(f"unknown {self.name} preset {name!r}; choose one of {sorted(self.presets)}")
+      raise UserError(f"unknown {self.name} preset {name!r}; choose one of {sorted(self.presets)}")
     return self.presets[name]()
 
   def config_from_dict(self, raw: dict):

@@ -8,5 +8,11 @@ from cf_jax.training import config as base
 
 
 def get_config(variant: str = ""):
-  c = base.ar_diffusion("chunkwise")
-  return base.tiny(c) if variant == "tiny" else c
+  c = base.base("ar_diffusion", frames_per_block=3)
+  c.init.generator = "wan_models/Wan2.1-T2V-1.3B"  # the bidirectional base model
+  c.data.path = "data/latents"  # encode_videos output, with prompt embeddings
+  c.causal = True  # False trains a bidirectional model (no teacher forcing): the toy's teacher
+  c.noise_augmentation_max_timestep = 0  # context noise augmentation of the clean history (0: off)
+  c.optimizer = base.optimizer(lr=2e-6)
+  c.quirks.bf16_timesteps = True  # sampled timesteps rounded to bfloat16
+  return base.select(variant, c, tiny=base.tiny)

@@ -8,5 +8,11 @@ from cf_jax.training import config as base
 
 
 def get_config(variant: str = ""):
-  c = base.causal_ode("chunkwise")
-  return base.tiny(c) if variant == "tiny" else c
+  c = base.base("ode", frames_per_block=3)
+  c.init.generator = "runs/ar_diffusion_chunkwise/export/generator"
+  c.data.path = "data/ode_pairs_chunkwise"  # generate_ode_data output
+  c.denoising_steps = (1000, 750, 500, 250)  # unwarped few-step list; ODE pairs hold its states
+  c.optimizer = base.optimizer(lr=2e-6, b1=0.9)  # the one stage with beta1 0.9
+  c.sample_every = 250  # iterations between TensorBoard sample videos (0: none)
+  c.num_sample_videos = 4  # of the first prompts of the data
+  return base.select(variant, c, tiny=base.tiny)

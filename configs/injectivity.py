@@ -14,10 +14,8 @@ from cf_jax.training import config as base
 
 
 def get_config(variant: str = ""):
-  if variant not in ("", "smoke"):
-    raise ValueError(f"unknown variant {variant!r}: use configs/injectivity.py or configs/injectivity.py:smoke")
   c = ml_collections.ConfigDict()
-  c.toy = base.from_file(pathlib.Path(__file__).with_name("toy.py"), variant)  # data, teachers, every stage
+  c.toy = ml_collections.ConfigDict()  # data, teachers, every stage: configs/toy.py of the same variant
   c.toy_workdir = ""  # a finished toy run whose data and teachers to reuse; empty: train them here
   c.seeds = (0, 1, 2)  # per seed and arm: ODE pairs, causal ODE, DMD
   c.floor_fraction = 0.2  # the ODE loss floor: mean loss over this last fraction of the steps
@@ -26,6 +24,11 @@ def get_config(variant: str = ""):
   c.num_noises = 4
   c.resamples = 8
   c.noise_seed = 0
-  if variant == "smoke":  # one seed: every stage compiles once per run, which is most of the time
-    c.update(seeds=(0,), num_noises=1, resamples=2)
+  c = base.select(variant, c, smoke=smoke)
+  c.toy = base.from_file(pathlib.Path(__file__).with_name("toy.py"), variant)
+  return c
+
+
+def smoke(c):  # one seed: every stage compiles once per run, which is most of the time
+  c.update(seeds=(0,), num_noises=1, resamples=2)
   return c

@@ -4,9 +4,26 @@ each block conditioned on the ground-truth history. Writes ArrayRecord shards in
   python -m cf_jax.generate_ode_data --config configs/ode_data_framewise.py --workdir data/ode_pairs_framewise
   python -m cf_jax.generate_ode_data --config configs/ode_data_framewise.py:tiny --workdir /tmp/ode_pairs
 """
+import ml_collections
+
 from cf_jax.training import config as base
 
 
 def get_config(variant: str = ""):
-  c = base.ode_data("framewise")
-  return base.tiny(c) if variant == "tiny" else c
+  c = ml_collections.ConfigDict()
+  c.frames_per_block = 1
+  c.model = "t2v_1_3b"
+  c.teacher = "autoregressive"  # or 'bidirectional': the Self Forcing-style teacher, for comparison
+  c.init = base.init(generator="runs/ar_diffusion_framewise/export/generator")
+  c.guidance_scale = 6.0  # the scripts' argparse default (spec §11.1), not the configs' 3.0
+  c.seed = 0
+  c.batch_size = 8  # videos per teacher call on this host (split over its devices)
+  c.items_per_shard = 64
+  c.num_examples = 0  # 0: every record of data.path
+  c.output_dtype = "float16"  # the reference's LMDB stores fp16
+  c.compute_dtype = "float32"  # the reference runs the teacher in fp32
+  c.attention_backend = "xla"
+  c.remat_policy = "none"
+  c.data = base.data("data/latents")
+  c.data.negative_prompt_embeds = "data/negative_prompt"
+  return base.select(variant, c, tiny=base.tiny)

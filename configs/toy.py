@@ -7,6 +7,8 @@ samples with their distances to real videos, and a GIF (about 6 minutes on 2 cor
 """
 import ml_collections
 
+from cf_jax.training import config as base
+
 
 def get_config(variant: str = ""):
   c = ml_collections.ConfigDict()
@@ -30,9 +32,10 @@ def get_config(variant: str = ""):
   c.dfake_gen_update_ratio = 5
   c.ode_pairs = 256
   c.sampling_steps = 24  # Euler steps of the two multi-step teachers
-  if variant == "smoke":
-    c.steps = ml_collections.ConfigDict(dict(teacher=4, ar_diffusion=4, causal_ode=4, dmd=2))
-    c.update(num_train_videos=64, num_eval_videos=16, ode_pairs=16, sampling_steps=4, dfake_gen_update_ratio=1)
-  elif variant:
-    raise ValueError(f"unknown variant {variant!r}: use configs/toy.py or configs/toy.py:smoke")
+  return base.select(variant, c, smoke=smoke)
+
+
+def smoke(c):
+  c.steps = ml_collections.ConfigDict(dict(teacher=4, ar_diffusion=4, causal_ode=4, dmd=2))
+  c.update(num_train_videos=64, num_eval_videos=16, ode_pairs=16, sampling_steps=4, dfake_gen_update_ratio=1)
   return c

@@ -26,19 +26,20 @@ import pathlib
 import shutil
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 import numpy as np
 
 from cf_jax import checkpoint
+from cf_jax import cli
 from cf_jax import weights
 from cf_jax.convert import safetensors_io
 from cf_jax.convert import vae as convert_vae
 from cf_jax.convert import wan as convert_wan
 from cf_jax.convert.errors import CheckpointError
 from cf_jax.diffusion import sampling_setup
+from cf_jax.errors import UserError
 from cf_jax.models.config import WanConfig
 
 _SRC = flags.DEFINE_string("src", None, "PyTorch weights (.safetensors, index .json, model dir, diffusers "
@@ -81,12 +82,12 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output."
 
 def _config():
   if _MODEL.value and _MODEL_CONFIG.value:
-    raise ValueError("give --model or --model_config, not both")
+    raise UserError("give --model or --model_config, not both")
   if _MODEL.value:
     return weights.NETWORKS[_KIND.value].preset(_MODEL.value)
   if _MODEL_CONFIG.value:
     if _KIND.value != "wan":
-      raise ValueError(f"--model_config describes the Wan DiT; name the {_KIND.value} preset with --model")
+      raise UserError(f"--model_config describes the Wan DiT; name the {_KIND.value} preset with --model")
     return WanConfig.from_json(_MODEL_CONFIG.value)
   if _PRESET.value and weights.NETWORKS["wan"].find_config(_SRC.value) is None:
     return WanConfig.from_preset(sampling_setup.RELEASED[_PRESET.value].model)
@@ -110,7 +111,7 @@ def _sampling() -> sampling_setup.SamplingSetup | None:
   if not overrides:
     return None
   if "frames_per_block" not in overrides or "denoising_steps" not in overrides:
-    raise ValueError("without --preset, record a sampling setup with both --frames_per_block and --denoising_steps")
+    raise UserError("without --preset, record a sampling setup with both --frames_per_block and --denoising_steps")
   return sampling_setup.SamplingSetup(**overrides)
 
 
@@ -122,7 +123,7 @@ def convert() -> str:
   network = weights.NETWORKS[_KIND.value]
   sampling = _sampling() if _KIND.value == "wan" else None
   if _KIND.value != "wan" and (_PRESET.value or _FRAMES_PER_BLOCK.value or _DENOISING_STEPS.value):
-    raise ValueError(f"--preset and the sampling flags describe a DiT, not --kind {_KIND.value}")
+    raise UserError(f"--preset and the sampling flags describe a DiT, not --kind {_KIND.value}")
   entry = _ENTRY.value or (sampling_setup.RELEASED[_PRESET.value].entry if _PRESET.value else None)
   cfg, params, source = weights.load_with_source(_KIND.value, _SRC.value, _config(), entry, _dtype())
   if sampling is None and source.get("sampling"):  # re-converting a converted checkpoint keeps its setup
@@ -154,7 +155,7 @@ def _free(out: pathlib.Path):
 
 def reverse_vae(out: pathlib.Path) -> str:
   if _FORMAT.value == "pt":
-    raise ValueError("--format pt writes a Causal Forcing training checkpoint; export the VAE as safetensors or diffusers")
+    raise UserError("--format pt writes a Causal Forcing training checkpoint; export the VAE as safetensors or diffusers")
   cfg, params = weights.load("vae", _SRC.value, dtype=_dtype())
   _free(out)
   if _FORMAT.value == "diffusers":
@@ -167,9 +168,9 @@ def reverse_vae(out: pathlib.Path) -> str:
 
 def reverse() -> str:
   if _KIND.value == "t5":
-    raise ValueError("--reverse exports the Wan DiT and the VAE, not --kind t5")
+    raise UserError("--reverse exports the Wan DiT and the VAE, not --kind t5")
   if _EMA_SRC.value and _FORMAT.value != "pt":
-    raise ValueError("--ema_src applies to --format pt only")
+    raise UserError("--ema_src applies to --format pt only")
   out = pathlib.Path(_OUT.value)
   if _KIND.value == "vae":
     return reverse_vae(out)
@@ -193,12 +194,8 @@ def reverse() -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every file operation at INFO
-  try:
-    print(reverse() if _REVERSE.value else convert())
-  except (CheckpointError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  print(reverse() if _REVERSE.value else convert())
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

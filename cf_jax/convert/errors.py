@@ -1,9 +1,9 @@
-"""The one error type every converter raises for a bad checkpoint."""
+"""The error every converter raises for a bad checkpoint."""
+from cf_jax.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
   """A checkpoint is missing, unreadable, unsafe, or does not match the model.
 
-  The message is one line that names the file or keys at fault and what to do; the CLIs print it
-  and exit non-zero instead of showing a traceback.
+  The message is one line that names the file or keys at fault and what to do.
   """

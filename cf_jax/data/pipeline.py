@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from cf_jax.data import records
+from cf_jax.errors import UserError
 
 FIELDS = ("latents", "ode_latents", "prompt_embeds")
 ODE_PAIR_ENTRIES = 6
@@ -32,7 +33,7 @@ def _select(fields: Sequence[str], source: str):
   def select(record: dict[str, Any]) -> dict[str, np.ndarray]:
     missing = [f for f in fields if f not in record]
     if missing:
-      raise ValueError(f"{source}: records lack {missing} (they hold {sorted(record)}); "
+      raise UserError(f"{source}: records lack {missing} (they hold {sorted(record)}); "
                        f"write the dataset this stage reads (see the README's data section)")
     return {f: np.asarray(record[f], np.float32) for f in fields}
 
@@ -60,16 +61,16 @@ def source(cfg: ml_collections.ConfigDict, fields: Sequence[str]) -> grain.MapDa
   """The records of `cfg` (a config's `data` section) as a random-access dataset of `fields`."""
   if cfg.kind == "records":
     if not cfg.path:
-      raise ValueError("data.path is empty: set --config.data.path to a dataset directory")
+      raise UserError("data.path is empty: set --config.data.path to a dataset directory")
     return records.dataset(cfg.path).map(_select(fields, cfg.path))
   if cfg.kind == "synthetic":
     return grain.MapDataset.range(cfg.num_examples).map(lambda i: synthetic_record(int(i), cfg, fields))
-  raise ValueError(f"data.kind {cfg.kind!r}: choose 'records' or 'synthetic'")
+  raise UserError(f"data.kind {cfg.kind!r}: choose 'records' or 'synthetic'")
 
 
 def host_batches(ds: grain.MapDataset, host_batch_size: int, seed: int) -> grain.DatasetIterator:
   """This host's share of `ds`, shuffled, repeated forever, in batches of `host_batch_size`."""
   mine = ds[jax.process_index() :: jax.process_count()]
   if len(mine) < host_batch_size:
-    raise ValueError(f"this host holds {len(mine)} records, fewer than its batch of {host_batch_size}")
+    raise UserError(f"this host holds {len(mine)} records, fewer than its batch of {host_batch_size}")
   return iter(mine.seed(seed).shuffle().repeat().batch(host_batch_size, drop_remainder=True).to_iter_dataset())

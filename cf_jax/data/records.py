@@ -21,7 +21,9 @@ import ml_dtypes
 import msgpack
 import numpy as np
 import tqdm
-from array_record.python.array_record_module import ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+from cf_jax.errors import UserError
 
 from cf_jax.training import preemption
 
@@ -111,16 +113,40 @@ def shard_paths(directory: str | os.PathLike) -> list[str]:
   directory = pathlib.Path(directory)
   paths = sorted(str(p) for p in directory.glob("shard-*.array_record"))
   if not paths:
-    raise ValueError(f"{directory} holds no shard-*.array_record files; write the dataset first")
+    raise UserError(f"{directory} holds no shard-*.array_record files; write the dataset first")
   if not (directory / MANIFEST).exists():
-    raise ValueError(f"{directory} is incomplete (no {MANIFEST}); rerun the command that writes it to finish")
+    raise UserError(f"{directory} is incomplete (no {MANIFEST}); rerun the command that writes it to finish")
   return paths
 
 
+def _corrupt(shard: str, error: Exception) -> UserError:
+  reason = str(error).splitlines()[0] if str(error) else "unreadable"
+  return UserError(f"shard {shard} is corrupt ({reason}); delete it and rerun the command that wrote "
+                   f"{pathlib.Path(shard).parent} (it writes only the missing shards)")
+
+
 def dataset(directory: str | os.PathLike) -> grain.MapDataset:
-  """Random-access grain dataset of the decoded records, in item order."""
-  source = grain.sources.ArrayRecordDataSource(shard_paths(directory))
-  return grain.MapDataset.source(source).map(deserialize)
+  """Random-access grain dataset of the decoded records, in item order. A shard that cannot be
+  read is named, when the dataset is opened (a damaged footer) or when its record is read."""
+  paths = shard_paths(directory)
+  try:
+    source = grain.sources.ArrayRecordDataSource(paths)
+  except RuntimeError:  # the reader does not say which file; open them one by one to find it
+    for path in paths:
+      try:
+        ArrayRecordReader(path).close()
+      except RuntimeError as e:
+        raise _corrupt(path, e) from None
+    raise
+  items_per_shard = json.loads((pathlib.Path(directory) / MANIFEST).read_text())["items_per_shard"]
+
+  def read(index: int) -> dict[str, Any]:
+    try:
+      return deserialize(source[index])
+    except RuntimeError as e:
+      raise _corrupt(paths[index // items_per_shard], e) from None
+
+  return grain.MapDataset.range(len(source)).map(read)
 
 
 def iterate(directory: str | os.PathLike) -> Iterator[dict[str, Any]]:

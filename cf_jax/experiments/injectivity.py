@@ -22,7 +22,6 @@ Outputs: results.json (every number), results.md (the table, also printed) and i
 """
 import json
 import pathlib
-import sys
 import time
 
 from absl import app
@@ -37,10 +36,12 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from cf_jax import cli
 from cf_jax import video_metrics
 from cf_jax import weights
 from cf_jax.data import records
 from cf_jax.diffusion import teacher_sampling
+from cf_jax.errors import UserError
 from cf_jax.models import wan
 from cf_jax.recipes import toy as recipe
 from cf_jax.training import ode_pairs
@@ -132,7 +133,7 @@ def prepare_teachers(toy: ml_collections.ConfigDict, workdir: pathlib.Path, toy_
     needed += [root / s / "export" / "generator" for s in TEACHER_STAGE.values()]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-      raise ValueError(f"toy_workdir {root} is not a finished toy run: missing {', '.join(missing)}")
+      raise UserError(f"toy_workdir {root} is not a finished toy run: missing {', '.join(missing)}")
     return root
   recipe.write_datasets(toy, workdir)
   configs = recipe.stage_configs(toy, workdir)
@@ -335,18 +336,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  if _CONFIG.value is None:
-    print("error: --config is required, e.g. --config configs/injectivity.py", file=sys.stderr)
-    sys.exit(1)
   # Every arm and seed compiles the same programs again (each Trainer jits its own steps); the
   # persistent cache turns the repeats into disk reads.
   jax.config.update("jax_compilation_cache_dir", _CACHE.value or str(pathlib.Path(_WORKDIR.value) / "xla_cache"))
-  try:
-    run(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag="config")

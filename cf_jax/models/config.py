@@ -3,6 +3,8 @@ import dataclasses
 import json
 import pathlib
 
+from cf_jax.errors import UserError
+
 # How diffusers names the Wan2.1 DiT and its query/key norm in `transformer/config.json`.
 DIFFUSERS_CLASS = "WanTransformer3DModel"
 DIFFUSERS_QK_NORM = "rms_norm_across_heads"
@@ -29,16 +31,16 @@ class WanConfig:
 
   def __post_init__(self):
     if self.dim % self.num_heads:
-      raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+      raise UserError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
     if self.head_dim % 2:
-      raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
+      raise UserError(f"head_dim {self.head_dim} must be even for RoPE")
     if self.patch_size[0] != 1:
-      raise ValueError(
+      raise UserError(
           f"patch_size {self.patch_size}: the temporal patch must be 1, since timesteps and "
           "causal blocks are per latent frame (every Wan2.1 model uses (1, 2, 2))"
       )
     if self.freq_dim % 2:
-      raise ValueError(f"freq_dim {self.freq_dim} must be even (cos and sin halves)")
+      raise UserError(f"freq_dim {self.freq_dim} must be even (cos and sin halves)")
 
   @property
   def head_dim(self) -> int:
@@ -54,7 +56,7 @@ class WanConfig:
     """S: tokens of one latent frame of the given latent height and width."""
     _, ph, pw = self.patch_size
     if height % ph or width % pw:
-      raise ValueError(f"latent size {height}x{width} is not divisible by the patch {ph}x{pw}")
+      raise UserError(f"latent size {height}x{width} is not divisible by the patch {ph}x{pw}")
     return (height // ph) * (width // pw)
 
   @classmethod
@@ -81,7 +83,7 @@ class WanConfig:
   @classmethod
   def from_preset(cls, name: str) -> "WanConfig":
     if name not in PRESETS:
-      raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+      raise UserError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
 
   @classmethod
@@ -91,7 +93,7 @@ class WanConfig:
     if raw.get("_class_name") == DIFFUSERS_CLASS or "num_attention_heads" in raw:
       return cls.from_diffusers_dict(raw, path)
     if raw.get("_class_name", "WanModel") != "WanModel":
-      raise ValueError(f"{path} describes {raw['_class_name']}, neither a Wan2.1 WanModel nor a diffusers "
+      raise UserError(f"{path} describes {raw['_class_name']}, neither a Wan2.1 WanModel nor a diffusers "
                        f"{DIFFUSERS_CLASS}; point --src at the DiT's weights")
     return cls.from_wan_json(path)
 
@@ -103,12 +105,12 @@ class WanConfig:
     key, which configs of other lengths written by `to_diffusers_dict` carry, is honoured.
     """
     if raw.get("_class_name", DIFFUSERS_CLASS) != DIFFUSERS_CLASS:
-      raise ValueError(f"{source}: _class_name {raw['_class_name']!r} is not {DIFFUSERS_CLASS} (only Wan2.1 T2V)")
+      raise UserError(f"{source}: _class_name {raw['_class_name']!r} is not {DIFFUSERS_CLASS} (only Wan2.1 T2V)")
     for key in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
       if raw.get(key) is not None:
-        raise ValueError(f"{source}: {key}={raw[key]} belongs to an image-conditioned Wan model; only T2V is supported")
+        raise UserError(f"{source}: {key}={raw[key]} belongs to an image-conditioned Wan model; only T2V is supported")
     if raw.get("qk_norm") not in (None, DIFFUSERS_QK_NORM):
-      raise ValueError(f"{source}: qk_norm {raw['qk_norm']!r} is not supported (only {DIFFUSERS_QK_NORM!r} or null)")
+      raise UserError(f"{source}: qk_norm {raw['qk_norm']!r} is not supported (only {DIFFUSERS_QK_NORM!r} or null)")
     default = cls()
     heads = raw.get("num_attention_heads", default.num_heads)
     return cls(
@@ -147,7 +149,7 @@ class WanConfig:
     """
     raw = _read_json(path)
     if raw.get("model_type", "t2v") != "t2v":
-      raise ValueError(f"{path}: model_type {raw['model_type']!r} is not supported (only t2v)")
+      raise UserError(f"{path}: model_type {raw['model_type']!r} is not supported (only t2v)")
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in raw.items() if k in fields}
     if "patch_size" in kwargs:
@@ -159,9 +161,9 @@ def _read_json(path: str | pathlib.Path) -> dict:
   try:
     raw = json.loads(pathlib.Path(path).read_text())
   except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path} is not a readable config.json ({e})") from None
+    raise UserError(f"{path} is not a readable config.json ({e})") from None
   if not isinstance(raw, dict):
-    raise ValueError(f"{path} holds no JSON object")
+    raise UserError(f"{path} holds no JSON object")
   return raw
 
 

@@ -45,10 +45,12 @@ def _shrink(c: ml_collections.ConfigDict, toy: ml_collections.ConfigDict, steps:
   c.remat_policy = "none"
   c.data.update(kind="records", num_frames=toy.num_frames, latent_height=toy.height, latent_width=toy.width,
                 channels=toy.channels, text_len=toy.text_len, text_dim=toy.text_dim)
-  c.data.negative_prompt_embeds = toy.negative_prompt
+  if "negative_prompt_embeds" in c.data:
+    c.data.negative_prompt_embeds = toy.negative_prompt
   if "num_steps" in c:
     c.update(num_steps=steps, log_every=max(1, steps // 20), checkpoint_every=steps, keep_checkpoints=1)
     c.optimizer.lr = toy.lr
+  if "bf16_timesteps" in c.get("quirks", {}):
     c.quirks.bf16_timesteps = False  # everything runs in float32 here
   return c
 
@@ -57,23 +59,23 @@ def stage_configs(toy: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict
   export = lambda stage, net="generator": str(workdir / stage / "export" / net)
   data = str(workdir / "data" / "train")
 
-  teacher = _shrink(base.ar_diffusion("framewise"), toy, toy.steps.teacher)
+  teacher = _shrink(base.stage_config("ar_diffusion_framewise"), toy, toy.steps.teacher)
   teacher.update(causal=False)
   teacher.init.generator, teacher.data.path = "", data
 
-  ar = _shrink(base.ar_diffusion("framewise"), toy, toy.steps.ar_diffusion)
+  ar = _shrink(base.stage_config("ar_diffusion_framewise"), toy, toy.steps.ar_diffusion)
   ar.init.generator, ar.data.path = export("teacher"), data
 
-  pairs = _shrink(base.ode_data("framewise"), toy, 0)
+  pairs = _shrink(base.stage_config("ode_data_framewise"), toy, 0)
   pairs.init.generator, pairs.data.path = export("ar_diffusion"), data
   pairs.update(num_examples=toy.ode_pairs, guidance_scale=toy.guidance_scale, batch_size=toy.batch_size,
                items_per_shard=toy.batch_size * 4, output_dtype="float32")
 
-  ode = _shrink(base.causal_ode("framewise"), toy, toy.steps.causal_ode)
+  ode = _shrink(base.stage_config("causal_ode_framewise"), toy, toy.steps.causal_ode)
   ode.init.generator, ode.data.path = export("ar_diffusion"), str(workdir / "ode_pairs")
 
-  dmd = _shrink(base.dmd("framewise", init=export("causal_ode")), toy, toy.steps.dmd)
-  dmd.init.update(critic=export("teacher"), real_score=export("teacher"))
+  dmd = _shrink(base.stage_config("dmd_framewise"), toy, toy.steps.dmd)
+  dmd.init.update(generator=export("causal_ode"), critic=export("teacher"), real_score=export("teacher"))
   dmd.data.path = data
   dmd.dmd.update(real_model=toy.model, critic_model=toy.model, dfake_gen_update_ratio=toy.dfake_gen_update_ratio)
   dmd.critic_optimizer.lr = toy.lr

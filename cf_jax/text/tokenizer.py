@@ -15,11 +15,13 @@ import ftfy
 import numpy as np
 import sentencepiece
 
+from cf_jax.errors import UserError
+
 MODEL_FILE = "spiece.model"
 _WHITESPACE = re.compile(r"\s+")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError):
   """The tokenizer files are missing or unreadable, or a prompt cannot be tokenized. One line."""
 
 

@@ -11,12 +11,13 @@ import collections
 import jax
 import jax.numpy as jnp
 
+from cf_jax import errors
 from cf_jax.training.stage import UpdateFn
 
 FLAG = "finite"
 
 
-class Diverged(ValueError):
+class Diverged(errors.UserError):
   """A non-finite update; the CLI prints it as one line and exits non-zero."""
 
 

@@ -12,9 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cf_jax import checkpoint
 from cf_jax.data import pipeline
 from cf_jax.data import records
 from cf_jax.diffusion import teacher_sampling
+from cf_jax.errors import UserError
 from cf_jax.models import wan
 from cf_jax.training import trainer
 from cf_jax.training.stage import Network, build_model
@@ -23,14 +25,15 @@ from cf_jax.training.stage import Network, build_model
 def generate(config, out_dir: str):
   """Writes the ODE-pair dataset of `config` into `out_dir` (skipping finished shards)."""
   if config.teacher not in ("autoregressive", "bidirectional"):
-    raise ValueError(f"teacher {config.teacher!r}: choose 'autoregressive' or 'bidirectional'")
+    raise UserError(f"teacher {config.teacher!r}: choose 'autoregressive' or 'bidirectional'")
+  checkpoint.check_writable(out_dir)
+  source = pipeline.source(config.data, ("latents", "prompt_embeds"))  # before the teacher loads
   causal = config.teacher == "autoregressive"
   layout = wan.Layout.block_causal(config.frames_per_block) if causal else wan.Layout.bidirectional()
   teacher = Network(build_model(config, config.model), layout, config.init.generator, config.init.generator_entry)
   mesh = Mesh(np.array(jax.local_devices()), ("data",))
   params = trainer.initial_params(teacher, "teacher", config.data, config.seed, NamedSharding(mesh, P()))
   split = NamedSharding(mesh, P("data"))
-  source = pipeline.source(config.data, ("latents", "prompt_embeds"))
   negative = trainer.negative_prompt_embeds(config.data)
   count = len(source) if not config.num_examples else min(config.num_examples, len(source))
   key = jax.random.key(config.seed)

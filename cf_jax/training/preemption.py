@@ -18,10 +18,12 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from cf_jax import errors
+
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Preempted(Exception):
+class Preempted(errors.Stopped):
   """The work stopped on a signal after saving its progress; running the same command resumes."""
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from cf_jax.errors import UserError
 from cf_jax.models import config as wan_config
 from cf_jax.models import wan
 from cf_jax.training import state as state_lib
@@ -72,7 +73,7 @@ def generator_only(network: Network, loss_fn: state_lib.LossFn, config: ml_colle
 def build_model(config: ml_collections.ConfigDict, preset: str) -> wan.WanModel:
   """A Wan DiT of the named preset with the config's precision, remat and attention settings."""
   if preset not in wan_config.PRESETS:
-    raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(wan_config.PRESETS)}")
+    raise UserError(f"unknown model preset {preset!r}; choose one of {sorted(wan_config.PRESETS)}")
   return wan.WanModel(
       wan_config.PRESETS[preset](),
       dtype=jnp.dtype(config.compute_dtype),

@@ -28,6 +28,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -40,6 +41,8 @@ from cf_jax import weights
 from cf_jax.data import pipeline
 from cf_jax.data import records
 from cf_jax.diffusion import sampling_setup
+from cf_jax.diffusion import streaming
+from cf_jax.errors import UserError
 from cf_jax.training import ar_diffusion
 from cf_jax.training import consistency
 from cf_jax.training import divergence
@@ -47,7 +50,7 @@ from cf_jax.training import dmd
 from cf_jax.training import ode
 from cf_jax.training import preemption
 from cf_jax.training import workdir as workdir_lib
-from cf_jax.training.metrics import MetricWriter
+from cf_jax.training.metrics import MetricWriter, check_wandb
 from cf_jax.training.stage import Network, Stage
 from cf_jax.training.state import TrainState
 
@@ -80,6 +83,10 @@ def initial_params(network: Network, name: str, data: ml_collections.ConfigDict,
   return jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(key)
 
 
+def _nbytes(tree) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
 def _with_sharding(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
@@ -87,9 +94,11 @@ def _with_sharding(tree, shardings):
 class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     if config.trainer not in STAGES:
-      raise ValueError(f"trainer {config.trainer!r}: choose one of {sorted(STAGES)}")
+      raise UserError(f"trainer {config.trainer!r}: choose one of {sorted(STAGES)}")
     self.config = config
     self.workdir = checkpoint.as_epath(workdir)
+    checkpoint.check_writable(self.workdir)
+    check_wandb(config.wandb)
     self._lock = workdir_lib.claim(self.workdir, config)
     self.mesh = parallel.make_mesh(**config.mesh)
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
@@ -105,15 +114,18 @@ class Trainer:
     abstract_state = jax.eval_shape(self._init_state, {n: abstract[n] for n in self.stage.trainable})
     self.state_shardings = self._state_shardings(abstract_state)
     self.abstract_state = _with_sharding(abstract_state, self.state_shardings)
+    exported = {**abstract_state.params, **abstract_state.ema}
+    checkpoint.check_free_space(self.workdir, _nbytes(abstract_state) + _nbytes(exported),
+                                "a checkpoint and the exports")
     init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
 
-    self.frozen = self._frozen_inputs()
-    self.batch_sharding = parallel.batch_sharding(self.mesh, 1, self.rules)
-    self._data = pipeline.host_batches(
+    self._data = pipeline.host_batches(  # opened before any weights load: a bad dataset fails fast
         pipeline.source(config.data, self.stage.fields),
         config.batch_size // jax.process_count(),
         config.data.shuffle_seed,
     )
+    self.frozen = self._frozen_inputs()
+    self.batch_sharding = parallel.batch_sharding(self.mesh, 1, self.rules)
     self.manager = ocp.CheckpointManager(
         self.workdir / "checkpoints",
         item_names=("state", "data"),
@@ -133,6 +145,7 @@ class Trainer:
       self._data.set_state(restored["data"])
     self.updates = {u.name: self._compile(divergence.guard(u.fn, config.skip_nonfinite_updates))
                     for u in self.stage.updates}
+    self._sampler = self._sample_context = None  # built by the first sample_videos()
     self._write_config()
 
   # -- set-up -----------------------------------------------------------------------------
@@ -147,10 +160,10 @@ class Trainer:
     c = self.config
     shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     if c.batch_size % (shards * c.grad_accum):
-      raise ValueError(f"batch_size {c.batch_size} must split over {shards} data-parallel devices × "
+      raise UserError(f"batch_size {c.batch_size} must split over {shards} data-parallel devices × "
                        f"grad_accum {c.grad_accum}; change --config.batch_size or the mesh")
     if c.batch_size % jax.process_count():
-      raise ValueError(f"batch_size {c.batch_size} must split over {jax.process_count()} hosts")
+      raise UserError(f"batch_size {c.batch_size} must split over {jax.process_count()} hosts")
 
   def _init_state(self, params: dict[str, Any]) -> TrainState:
     return TrainState(
@@ -249,6 +262,8 @@ class Trainer:
           tick, videos, iterations = time.perf_counter(), 0, 0
           writer.write(done, logged)
           progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items() if k.endswith("loss")})
+        if c.get("sample_every") and done % c.sample_every == 0:
+          writer.write_videos(done, "samples", self.sample_videos())
         preempted = signals.reached(done)
         if done % c.checkpoint_every == 0 or done == c.num_steps or preempted:
           monitor.check()
@@ -271,6 +286,27 @@ class Trainer:
       writer.close()
       self.manager.wait_until_finished()
       self._lock.release()
+
+  def sample_videos(self) -> np.ndarray:
+    """Few-step videos [N, F, h, w, C] of the generator (its EMA once it has one) for the first
+    `num_sample_videos` prompts of the data, from the same noise every time, so that successive
+    samples show what training changed."""
+    c = self.config
+    if self._sampler is None:
+      few_step = sampling_setup.SamplingSetup.from_train_config(c).few_step_config(capacity_frames=c.data.num_frames)
+      self._sampler = streaming.StreamingSampler(self.stage.networks["generator"].model, None, few_step)
+      prompts = pipeline.source(c.data, ("prompt_embeds",))
+      count = min(c.num_sample_videos, len(prompts))
+      self._sample_context = np.stack([prompts[i]["prompt_embeds"] for i in range(count)])  # [N, Lt, D]
+    generator = self.state.ema if "generator" in self.state.ema else self.state.params
+    self._sampler.params = generator["generator"]  # the sampler's compiled functions take params as input
+    key = jax.random.key(c.seed)
+    shape = (len(self._sample_context), c.data.num_frames, c.data.latent_height, c.data.latent_width,
+             self._sampler.model.config.in_dim)
+    with self.mesh_context():
+      videos = self._sampler.generate(jnp.asarray(self._sample_context), jax.random.normal(key, shape),
+                                      jax.random.fold_in(key, 1))
+    return np.asarray(multihost_utils.process_allgather(videos, tiled=True), np.float32)
 
   def save(self):
     step = int(self.state.step)
@@ -301,11 +337,11 @@ def negative_prompt_embeds(data: ml_collections.ConfigDict) -> np.ndarray:
   if path == "zeros" or (not path and data.kind == "synthetic"):
     return np.zeros((data.text_len, data.text_dim), np.float32)
   if not path:
-    raise ValueError("data.negative_prompt_embeds is empty: encode the negative prompt (see README) and set it")
+    raise UserError("data.negative_prompt_embeds is empty: encode the negative prompt (see README) and set it")
   path = pathlib.Path(path)
   if path.suffix == ".npy":
     if not path.is_file():
-      raise ValueError(f"data.negative_prompt_embeds: {path} does not exist")
+      raise UserError(f"data.negative_prompt_embeds: {path} does not exist")
     return np.load(path).astype(np.float32)
   return np.asarray(next(records.iterate(path))["prompt_embeds"], np.float32)
 

@@ -26,6 +26,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from cf_jax.errors import UserError
+
 LOCK = "lock.json"
 HEARTBEAT_S = 30
 STALE_AFTER_S = 600
@@ -37,21 +39,21 @@ MAY_CHANGE = ("num_steps", "log_every", "tensorboard", "wandb", "checkpoint_ever
 
 
 def claim(workdir: epath.Path, config: ml_collections.ConfigDict) -> "Lock":
-  """Locks `workdir` for this run and checks `config` against its config.json (ValueError if not)."""
+  """Locks `workdir` for this run and checks `config` against its config.json (UserError if not)."""
   lock = Lock(workdir)
   error = ""
   if jax.process_index() == 0:
     try:
       lock.acquire()
-    except ValueError as e:
+    except UserError as e:
       error = str(e)
   if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(bool(error))):
     error = error or f"{workdir} is held by another run (process 0 says why)"
   if error:
-    raise ValueError(error)
+    raise UserError(error)
   try:
     check_config(workdir, config)
-  except ValueError:
+  except UserError:
     lock.release()
     raise
   return lock
@@ -83,7 +85,7 @@ def check_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None
   if changed:
     show = lambda tree, k: repr(_flat(tree).get(k, "<unset>"))[:40]
     diffs = "; ".join(f"{k}: {show(old, k)} -> {show(new, k)}" for k in changed)
-    raise ValueError(f"{workdir} was started with another config ({diffs}); rerun with its config, use "
+    raise UserError(f"{workdir} was started with another config ({diffs}); rerun with its config, use "
                      f"another --workdir, or pass --config.allow_config_change=true")
 
 
@@ -145,7 +147,7 @@ class Lock:
       if holder is not None:
         if not (self._is_this_process(holder) or self._is_stale(holder)):
           age = time.time() - holder["heartbeat"]
-          raise ValueError(
+          raise UserError(
               f"{self.path.parent} is in use by pid {holder['pid']} on {holder['host']} (started {holder['started']}, "
               f"last heartbeat {age:.0f} s ago); stop that run or use another --workdir (a dead holder's lock is taken "
               f"over: at once on the same host, after {STALE_AFTER_S} s from another)")
@@ -156,7 +158,7 @@ class Lock:
         continue
       break
     else:
-      raise ValueError(f"{self.path} keeps changing: another run is starting on this workdir")
+      raise UserError(f"{self.path} keeps changing: another run is starting on this workdir")
     self._held = True
     self._stop.clear()
     self._thread = threading.Thread(target=self._heartbeat, daemon=True, name="workdir-lock")
