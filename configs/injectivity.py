@@ -19,8 +19,11 @@ def get_config(variant: str = ""):
   c.toy_workdir = ""  # a finished toy run whose data and teachers to reuse; empty: train them here
   c.seeds = (0, 1, 2)  # per seed and arm: ODE pairs, causal ODE, DMD
   c.floor_fraction = 0.2  # the ODE loss floor: mean loss over this last fraction of the steps
-  # Non-injectivity: noise videos z (each with a training video as history and its prompt), and
-  # redraws of the noise after each block per z.
+  # The AR teacher is trained on, round_steps at a time and at most max_rounds times, until it is
+  # at least as close to the real videos as the bidirectional teacher (frame_fd and motion_fd).
+  c.ar_teacher = ml_collections.ConfigDict(dict(round_steps=300, max_rounds=4))
+  # Teacher maps: noise videos z (each with a held-out video as history and its prompt), and
+  # redraws of the noise after each block per z (as many independent noises).
   c.num_noises = 4
   c.resamples = 8
   c.noise_seed = 0
@@ -31,4 +34,5 @@ def get_config(variant: str = ""):
 
 def smoke(c):  # one seed: every stage compiles once per run, which is most of the time
   c.update(seeds=(0,), num_noises=1, resamples=2)
+  c.ar_teacher.update(round_steps=2, max_rounds=1)
   return c

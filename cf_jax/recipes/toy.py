@@ -121,23 +121,33 @@ def few_step_samples(toy: ml_collections.ConfigDict, export: pathlib.Path, conte
   return np.asarray(sampler.generate(jnp.asarray(context), noise, key))
 
 
+def teacher_samples(toy: ml_collections.ConfigDict, export: pathlib.Path, causal: bool, context: jax.Array,
+                    noise: jax.Array) -> np.ndarray:
+  """Videos [N, F, H, W, C] of an exported multi-step teacher (toy.sampling_steps Euler steps): the
+  AR one block by block (`causal`), the bidirectional one over the whole video."""
+  cfg, params = weights.load_wan(export)
+  context = jnp.asarray(context)
+  negative = jnp.zeros_like(context)
+  if causal:
+    videos = teacher_sampling.sample_autoregressive(
+        wan.WanModel(cfg), params, noise, context, negative, toy.frames_per_block, toy.guidance_scale, "euler",
+        toy.sampling_steps)
+  else:
+    videos = teacher_sampling.sample_bidirectional(
+        wan.WanModel(cfg), params, noise, context, negative, toy.guidance_scale, "euler", toy.sampling_steps)
+  return np.asarray(videos)
+
+
 def sample_all(toy, workdir: pathlib.Path, context: jax.Array, key: jax.Array) -> dict[str, np.ndarray]:
   """Videos [N, F, H, W, C] of every trained model for the prompts `context` [N, Lt, D]."""
   n = context.shape[0]
   noise = jax.random.normal(key, (n, toy.num_frames, toy.height, toy.width, toy.channels))
-  negative = jnp.zeros_like(context)
   export = lambda stage, net="generator": workdir / stage / "export" / net
-  out = {}
-  cfg, params = weights.load_wan(export("teacher"))
-  out["teacher"] = teacher_sampling.sample_bidirectional(
-      wan.WanModel(cfg), params, noise, context, negative, toy.guidance_scale, "euler", toy.sampling_steps)
-  cfg, params = weights.load_wan(export("ar_diffusion"))
-  out["ar_diffusion"] = teacher_sampling.sample_autoregressive(
-      wan.WanModel(cfg), params, noise, context, negative, toy.frames_per_block, toy.guidance_scale, "euler",
-      toy.sampling_steps)
+  out = {"teacher": teacher_samples(toy, export("teacher"), False, context, noise),
+         "ar_diffusion": teacher_samples(toy, export("ar_diffusion"), True, context, noise)}
   for stage, net in (("causal_ode", "generator"), ("dmd", "generator_ema")):
     out[stage] = few_step_samples(toy, export(stage, net), context, noise, jax.random.fold_in(key, 1))
-  return {k: np.asarray(v) for k, v in out.items()}
+  return out
 
 
 def write_gif(real: np.ndarray, generated: dict[str, np.ndarray], path: pathlib.Path, count: int = 6) -> None:
