@@ -1,40 +1,14 @@
-"""Stage 3, framewise, 4 steps: asymmetric DMD with the self-forcing rollout, initialized by
-causal ODE regression. Reads prompt embeddings; writes export/generator_ema for the sampler.
+"""Stage 3, framewise, 4 steps: configs/dmd_chunkwise.py with blocks of one latent frame, initialized
+by the frame-wise causal ODE regression. Writes export/generator_ema for the sampler.
 
   python -m cf_jax.train --config configs/dmd_framewise.py --workdir runs/dmd_framewise
   python -m cf_jax.train --config configs/dmd_framewise.py:tiny --workdir /tmp/dmd_framewise   # tiny model, synthetic data, CPU
 """
-import ml_collections
-from ml_collections import config_dict
-
 from cf_jax.training import config as base
 
 
 def get_config(variant: str = ""):
-  c = base.base("dmd", frames_per_block=1)
-  c.init = base.init(generator="runs/causal_ode_framewise/export/generator",
-                     critic="wan_models/Wan2.1-T2V-1.3B",  # the fake score
-                     real_score="wan_models/Wan2.1-T2V-14B")  # frozen
-  c.data.path = "data/prompt_embeds"  # encode_prompts output
-  c.data.negative_prompt_embeds = "data/negative_prompt"
-  c.num_steps = 1000  # the reference README: ≤1K iterations at batch 64
-  c.denoising_steps = (1000, 750, 500, 250)  # unwarped few-step list of the rollout
-  c.guidance_scale = 3.0  # real score CFG on x0: x0_c + 3·(x0_c − x0_u)
-  c.optimizer = base.optimizer(lr=2e-6)
-  c.critic_optimizer = base.optimizer(lr=4e-7)
-  c.ema = ml_collections.ConfigDict(dict(decay=0.99, start_step=200))
-  c.dmd = ml_collections.ConfigDict(dict(
-      real_model="t2v_14b",
-      critic_model="t2v_1_3b",
-      dfake_gen_update_ratio=5,  # critic updates per generator update
-      first_block_denoising_steps=config_dict.placeholder(tuple),  # 1-/2-step models: the first block's list
-      context_noise=0.0,  # timestep of the rollout's cache-refresh pass
-      timestep_shift=5.0,  # DMD/critic timestep: 1000·S(u/1000), clamped to [min_step, max_step]
-      min_step=20,
-      max_step=980,
-  ))
-  c.quirks.snap_context_noise = True  # the cache refresh at t = 0 uses σ = 0.00498, not 0
-  c.checkpoint_every = 250
-  c.sample_every = 250  # iterations between TensorBoard sample videos (0: none)
-  c.num_sample_videos = 4  # of the first prompts of the data
+  c = base.stage_config("dmd_chunkwise")
+  c.frames_per_block = 1
+  c.init.generator = "runs/causal_ode_framewise/export/generator"
   return base.select(variant, c, tiny=base.tiny)

@@ -65,7 +65,8 @@ def optimizer(lr: float, b1: float = 0.0, b2: float = 0.999) -> ml_collections.C
 
 
 def stage_config(name: str, variant: str = "") -> ml_collections.ConfigDict:
-  """`configs/<name>.py[:variant]`, for code that runs stages itself (the toy recipe)."""
+  """`configs/<name>.py[:variant]`: what a config file derives from (the frame-wise files from the
+  chunk-wise ones) and what code that runs stages itself loads (the toy recipe)."""
   return from_file(CONFIG_DIR / f"{name}.py", variant)
 
 
