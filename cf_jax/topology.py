@@ -30,9 +30,11 @@ CHIPS = {
 
 _TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
 
-# libtpu looks for a TPU VM's metadata and warns on every start when it finds none; compile-only
-# use needs none of it. Set only for topology look-ups, never for a run on live TPUs.
-_QUIET_LIBTPU = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5p-8", "TPU_WORKER_HOSTNAMES": "localhost"}
+# libtpu looks for a TPU VM's metadata and warns on every start when it finds none, and takes a
+# host-wide lock (/tmp/libtpu_lockfile) that fails a second process; compile-only use needs
+# neither. Set only for topology look-ups, never for a run on live TPUs.
+_COMPILE_ONLY_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5p-8", "TPU_WORKER_HOSTNAMES": "localhost",
+                     "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def parse(name: str) -> tuple[str, tuple[int, ...]]:
@@ -51,7 +53,7 @@ def chip(generation: str) -> Chip:
 def compile_only_devices(name: str) -> list[jax.Device]:
   """The chips of topology `name`, one device each, for ahead-of-time compilation."""
   generation, _ = parse(name)
-  for key, value in _QUIET_LIBTPU.items():
+  for key, value in _COMPILE_ONLY_ENV.items():
     os.environ.setdefault(key, value)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
