@@ -80,12 +80,12 @@ def report(name: str, topology: str, compiled, compile_s: float, analytic_flops:
   fits = mem["total"] < chip.hbm_gb
   per_chip = analytic_flops / num_chips
   print(f"  compile {compile_s:.1f} s")
-  print("  memory per chip (GB): " + ", ".join(f"{k} {v:.2f}" for k, v in mem.items())
+  print("  memory per chip (GB): " + ", ".join(f"{k} {v:.4g}" for k, v in mem.items())
         + f" of {chip.hbm_gb:g} HBM" + ("" if fits else "  DOES NOT FIT"))
-  print(f"  FLOPs per chip: XLA {xla_flops(compiled) / 1e12:.3f} T (a scanned layer body counted once), "
-        f"analytic {per_chip / 1e12:.3f} T")
-  print(f"  step at {chip.device_kind} bf16 peak ({peak / 1e12:g} TFLOP/s): {per_chip / peak:.3f} s; "
-        f"at {MFU:.0%} MFU: {per_chip / (MFU * peak):.3f} s")
+  print(f"  FLOPs per chip: XLA {xla_flops(compiled) / 1e12:.4g} T (a scanned layer body counted once), "
+        f"analytic {per_chip / 1e12:.4g} T")
+  print(f"  step at {chip.device_kind} bf16 peak ({peak / 1e12:g} TFLOP/s): {per_chip / peak:.4g} s; "
+        f"at {MFU:.0%} MFU: {per_chip / (MFU * peak):.4g} s")
   verdict = "ok" if fits else "FAIL does not fit HBM"
   print(f"compile: {name} {topology} {verdict} hbm {mem['total']:.1f}/{chip.hbm_gb:g} GB "
         f"mfu_at_40pct_step {per_chip / (MFU * peak):.2f} s", flush=True)

@@ -21,6 +21,7 @@ from cf_jax import topology
 
 ROOT = pathlib.Path(__file__).parent.parent
 LAST_LINE = re.compile(r"^compile: (\S+)/(\S+) (\S+) ok hbm ([\d.]+)/([\d.]+) GB mfu_at_40pct_step ([\d.]+) s$")
+MEMORY_LINE = re.compile(r"^  memory per chip \(GB\): .*total ([\d.e+-]+) of ([\d.]+) HBM$")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
@@ -36,16 +37,21 @@ def test_tiny_stage_compiles_and_fits(config, topo, updates):
        "--config.compute_dtype=bfloat16"],
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=1800, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  found = {}
+  found, totals = {}, []
   for line in proc.stdout.splitlines():
     if match := LAST_LINE.match(line):
       found[match[2]] = match
+    if match := MEMORY_LINE.match(line):
+      totals.append((float(match[1]), float(match[2])))
   assert set(found) == updates, proc.stdout
   hbm = topology.chip(topo.split(":")[0]).hbm_gb
   for match in found.values():
     assert (match[1], match[3]) == (config, topo)
-    assert 0 < float(match[4]) < float(match[5]) == hbm
+    assert float(match[4]) < float(match[5]) == hbm
     assert float(match[6]) >= 0
+  assert len(totals) == len(updates)
+  for total, chip_hbm in totals:  # the printed per-chip memory: positive, below the chip's HBM
+    assert 0 < total < chip_hbm == hbm
 
 
 REPRODUCER = """
