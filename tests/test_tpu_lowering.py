@@ -61,3 +61,12 @@ def test_cross_and_prefix_attention_compile_for_tpu(tpu_mesh):
   prefix = compile_for(tpu_mesh, lambda q, k, v: attention.attend_prefix(q, k, v, jnp.int32(700), "splash"),
                        (4, S, 4, DH), q, q)
   assert "tpu_custom_call" in prefix.as_text()
+
+
+def test_mesh_splits_a_physical_axis_of_a_16x16_torus():
+  # tensor=4 needs part of a torus side: 12 and 40 heads do not divide 16.
+  mesh = parallel.make_mesh(data=-1, fsdp=16, tensor=4, devices=topology.compile_only_devices("v6e:16x16"))
+  assert dict(mesh.shape) == {"data": 4, "fsdp": 16, "tensor": 4}
+  assert len({d.id for d in mesh.devices.flat}) == 256
+  tensor_group = mesh.devices[0, 0, :]
+  assert len({tuple(d.coords) for d in tensor_group}) == 4  # four distinct chips, neighbours on the torus
