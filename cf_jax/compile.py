@@ -33,6 +33,7 @@ from absl import flags  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from cf_jax import flops  # noqa: E402
@@ -139,7 +140,8 @@ def compile_sampler(config, topology: str) -> bool:
         f"{config.attention_backend} attention)", flush=True)
   sampler = streaming.StreamingSampler(model, params, few)
   start = time.perf_counter()
-  compiled = sampler._block_fn(steps).lower(*args).compile()  # pylint: disable=protected-access
+  with jax.set_mesh(jax.sharding.Mesh(np.array([device]), ("data",))):  # the target: splash sees a TPU
+    compiled = sampler._block_fn(steps).lower(*args).compile()  # pylint: disable=protected-access
   tokens = cfg.tokens_per_frame(data.latent_height, data.latent_width)
   analytic = (len(steps) + 1) * flops.block_call_flops(cfg, tokens, k, data.num_frames - k)
   return report(name, topology, compiled, time.perf_counter() - start, analytic, 1)

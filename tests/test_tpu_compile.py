@@ -1,8 +1,9 @@
 """Ahead-of-time compilation for TPU topologies from this CPU host (libtpu, the `tpu` extra).
 
-* `python -m cf_jax.compile` on `:tiny` configs: every update of a representative set of stages
-  (each stage once, on a v5p or a v6e topology; the full matrix takes too long on a 2-core CI)
-  compiles, and its printed memory is positive and below the chip's HBM.
+* `python -m cf_jax.compile` on `:tiny` configs with splash (the real Mosaic kernels): every update
+  of a representative set of stages (each stage once, on a v5p or a v6e topology, and the DMD
+  sampler's block step; the full matrix takes too long on a 2-core CI) compiles, and its printed
+  memory is positive and below the chip's HBM.
 * The libtpu compiler abort of the DMD critic at real size, in its smallest form: a one-layer 1.3B
   bidirectional forward on one v5p chip at 9 frames of 60×104 latents. With one timestep per
   sample the model broadcasts one modulation row over the sequence and compiles; the per-frame
@@ -29,12 +30,13 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     ("ar_diffusion_chunkwise", "v5p:2x2x1", {"generator"}),
     ("causal_ode_framewise", "v6e:2x2", {"generator"}),
     ("causal_cd_chunkwise", "v6e:2x2", {"generator"}),
-    ("dmd_framewise", "v5p:2x2x1", {"generator", "critic"}),
+    ("dmd_framewise", "v5p:2x2x1", {"generator", "critic", "sampler"}),
 ])
 def test_tiny_stage_compiles_and_fits(config, topo, updates):
   proc = subprocess.run(
       [sys.executable, "-m", "cf_jax.compile", f"--config=configs/{config}.py:tiny", f"--topology={topo}",
-       "--config.compute_dtype=bfloat16"],
+       "--config.compute_dtype=bfloat16", "--config.attention_backend=splash"]
+      + (["--sampler"] if "sampler" in updates else []),
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=1800, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   found, totals = {}, []
