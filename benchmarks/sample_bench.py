@@ -62,7 +62,7 @@ def main(argv):
   total_flops = _BATCH.value * flops.streaming_video_flops(cfg, s, _FRAMES.value, _FPB.value, _STEPS.value + 1)
   tflops = total_flops / seconds / 1e12
   device = jax.devices()[0]
-  peak = next((v for k, v in flops.PEAK_TFLOPS.items() if k in device.device_kind), None)
+  peak = flops.peak_tflops(device.device_kind)
   print(f"device: {device.device_kind} ({jax.default_backend()}), model {_MODEL.value}, {_DTYPE.value}, "
         f"attention {_ATTENTION.value}, batch {_BATCH.value}, {_FRAMES.value} latent frames of {s} tokens, "
         f"{_FPB.value} frame(s)/block, {_STEPS.value} steps")

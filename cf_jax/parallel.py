@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cf_jax.errors import UserError
@@ -38,7 +39,11 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over `devices` (default: all); -1 takes the remaining devices."""
+  """A (data, fsdp, tensor) mesh over `devices` (default: all); -1 takes the remaining devices.
+
+  On a TPU torus a mesh axis may span part of a physical axis (tensor=4 on a 16x16 v6e slice),
+  so that head counts that do not divide a torus side (12, 40) still get tensor parallelism.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = [data, fsdp, tensor]
   if shape.count(-1) > 1:
@@ -50,9 +55,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
     raise UserError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, {len(devices)} available")
-  return jax.make_mesh(
-      tuple(shape), MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3
-  )
+  grid = mesh_utils.create_device_mesh(tuple(shape), devices, allow_split_physical_axes=True)
+  return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
 def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):

@@ -73,7 +73,7 @@ def test_dense_matches_reference_masks(name):
   np.testing.assert_array_equal(reference[length:], np.eye(padded, dtype=bool)[length:])
   assert not reference[:length, length:].any()
   # The splash mask, read tile by tile as the kernel factory does, is the reference padded mask.
-  splash_mask = splash._PaddedMask(mask, length, padded)  # pylint: disable=protected-access
+  splash_mask = splash._PaddedMask(mask, length, length, (padded, padded))  # pylint: disable=protected-access
   tile = 64
   tiles = [
       [splash_mask[i:i + tile, j:j + tile] for j in range(0, padded, tile)] for i in range(0, padded, tile)
@@ -149,3 +149,25 @@ def test_splash_sharded_equals_unsharded(axis_type):
     out = jax.jit(lambda q, k, v: attention.attend(q, k, v, TF3, "splash"))(q, k, v)
   assert out.sharding.spec == sharding.spec
   np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("lq, lk", [(F * S, 16), (2 * F * S, 200)])
+def test_splash_cross_attention_sees_exactly_the_keys(lq, lk):
+  # Cross-attention to the text: Lq ≠ Lk, both padded (to 128 and to 256), pad keys hidden.
+  rng = np.random.default_rng(1)
+  q = rng.standard_normal((B, lq, H, DH)).astype(np.float32)
+  k, v = (rng.standard_normal((B, lk, H, DH)).astype(np.float32) for _ in range(2))
+  out = attention.attend(q, k, v, None, "splash")
+  assert out.shape == q.shape
+  np.testing.assert_allclose(np.asarray(out), naive_attention(q, k, v, None), atol=VALUE_ATOL, rtol=0)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(attention.attend(q, k, v, None, "xla")),
+                             atol=VALUE_ATOL, rtol=0)
+
+
+def test_teacher_forcing_predicate_has_no_boolean_select():
+  # Mosaic cannot lower where(bool, bool, bool): the predicate is built from & | ~ alone.
+  q = jax.ShapeDtypeStruct((8, 1), jnp.int32)
+  jaxpr = jax.make_jaxpr(lambda q, kv: TF3.allowed(q, kv))(q, jax.ShapeDtypeStruct((1, 8), jnp.int32))
+  selects = [e for e in jaxpr.eqns if e.primitive.name == "select_n"]
+  assert all(e.outvars[0].aval.dtype != jnp.bool_ for e in selects)
+  np.testing.assert_array_equal(TF3.dense(), load_fixture("causal_train_forward")["mask_tf_nfpb3"][:192, :192])

@@ -23,3 +23,31 @@ def test_framewise_four_step_video():
   # §10.2: ≈ 944 TFLOP per 81-frame video, 5 passes per frame (one sweep 189.0 TFLOP).
   total = flops.streaming_video_flops(CFG, S, 21, 1, 5)
   assert total / 1e12 == pytest.approx(5 * (189.0 - 21 * 0.009), rel=2e-3)
+
+
+def test_peak_of_a_device_kind_takes_the_longest_match():
+  assert flops.peak_tflops("TPU v5") == 459.0  # what a v5p chip reports
+  assert flops.peak_tflops("TPU v5 lite") == 197.0
+  assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert flops.peak_tflops("cpu") is None
+
+
+def test_mask_pairs_count_the_dense_masks():
+  from cf_jax.models.attention import BlockMask
+
+  for kind, pairs in (("block_causal", flops.block_causal_pairs), ("teacher_forcing", flops.teacher_forcing_pairs)):
+    mask = BlockMask(kind, num_frames=6, tokens_per_frame=5, frames_per_block=2)
+    assert pairs(3, 10) == mask.dense().sum()
+
+
+def test_stage1_update_is_three_teacher_forcing_forwards():
+  from cf_jax.training import config as config_lib
+
+  config = config_lib.ar_diffusion("chunkwise")
+  config.batch_size = 2
+  per_video = flops.forward_flops(CFG, 2 * 21 * S, flops.teacher_forcing_pairs(7, 3 * S))
+  assert flops.training_update_flops(config, {"generator": CFG}, S) == {"generator": 2 * 3 * per_video}
+  # §10.3: the 21-frame teacher-forcing forward of the 1.3B is ≈ 396 TFLOP chunk-wise, 377 frame-wise.
+  assert per_video / 1e12 == pytest.approx(396, rel=2e-3)
+  framewise = flops.forward_flops(CFG, 2 * 21 * S, flops.teacher_forcing_pairs(21, S))
+  assert framewise / 1e12 == pytest.approx(377, rel=2e-3)

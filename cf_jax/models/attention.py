@@ -90,7 +90,8 @@ class BlockMask:
     block = xp.where(is_clean_q, q, q - n) // bs
     clean_visible = kv < (block + 1) * bs
     noisy_visible = ((kv >= n + block * bs) & (kv < n + (block + 1) * bs)) | (kv < block * bs)
-    return xp.where(is_clean_q, clean_visible, noisy_visible)
+    # `& | ~` rather than where(bool, bool, bool), which Mosaic (splash on TPU) cannot lower.
+    return (is_clean_q & clean_visible) | (~is_clean_q & noisy_visible)
 
   def dense(self) -> np.ndarray:
     """The [L, L] boolean mask; for the `xla` backend and for tests only."""

@@ -6,11 +6,13 @@ and the full ones, and the kernel re-evaluates it inside the partially masked ti
 frame-structured layouts have because 1560-token frames do not align with 128-token tiles
 (spec: architecture.md §3.3, §3.4, §3.7).
 
-Sequences are right-padded to a multiple of the tile. As in the reference, pad keys are hidden
-from real queries and a pad query sees only itself, so its softmax stays finite; pad outputs are
-sliced away. Off TPU the kernel runs in interpret mode, so CPU tests exercise the same logic.
+Queries and keys are right-padded, each to a multiple of its tile, so cross-attention (Lq ≠ Lk)
+sees exactly the real keys. Pad keys are hidden from real queries and a pad query sees only the
+key at its own index, so its softmax stays finite; pad outputs are sliced away. For a target other than TPU
+the kernel runs in interpret mode, so CPU tests exercise the same logic; a TPU target compiled
+from a CPU host gets the real kernel.
 """
-import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from cf_jax.models.attention import BlockMask
 
+INTERPRET_ENV = "CF_JAX_SPLASH_INTERPRET"  # "1": emulate the kernel even for a TPU target
 _TPU_TILE = 512  # large tiles amortise the per-tile overhead on TPU
 _INTERPRET_TILE = 128  # the smallest legal tile: interpret mode pays per element, not per tile
 _BATCH_AXES = ("data", "fsdp")
@@ -28,23 +31,26 @@ _HEAD_AXIS = "tensor"
 
 
 class _PaddedMask(splash_mask._ComputableMask):  # pylint: disable=protected-access
-  """`BlockMask` (None: every key) over `length` real tokens, right-padded to `padded`.
+  """`BlockMask` (None: every key) over `q_len` queries and `kv_len` keys, right-padded to
+  `padded` = (queries, keys).
 
-  Equal and hashable by value, so kernels built from equal masks are shared.
+  Equal and hashable by value, so splash's mask processing (cached by mask) is shared.
   """
 
-  def __init__(self, mask: BlockMask | None, length: int, padded: int):
+  def __init__(self, mask: BlockMask | None, q_len: int, kv_len: int, padded: tuple[int, int]):
     self.block_mask = None if mask is None or mask.kind == "bidirectional" else mask
-    self.length = length
-    super().__init__(shape=(padded, padded), mask_function=self._allowed)
+    self.q_len, self.kv_len = q_len, kv_len
+    super().__init__(shape=padded, mask_function=self._allowed)
 
   def _allowed(self, q_ids, kv_ids):  # broadcastable int arrays -> bool
     """Called with numpy tiles by the kernel factory and with jnp tiles inside the kernel."""
     xp = np if isinstance(q_ids, np.ndarray) else jnp
-    visible = (q_ids < self.length) & (kv_ids < self.length)
+    visible = (q_ids < self.q_len) & (kv_ids < self.kv_len)
     if self.block_mask is not None:
       visible = visible & self.block_mask.allowed(q_ids, kv_ids, xp=xp)
-    return visible | (q_ids == kv_ids)
+    # A pad query sees the key of its own index alone (as the reference pads self-attention;
+    # modulo the keys when there are fewer), so its softmax stays finite; its row is dropped.
+    return visible | ((q_ids >= self.q_len) & (kv_ids == q_ids % self.shape[1]))
 
   def __getitem__(self, idx) -> np.ndarray:  # [q tile, kv tile] bool
     """One tile, as the kernel factory scans them all. The real queries of one block share their
@@ -52,13 +58,13 @@ class _PaddedMask(splash_mask._ComputableMask):  # pylint: disable=protected-acc
     q_slice, kv_slice = idx
     rows = np.arange(*q_slice.indices(self.shape[0]))  # [q tile]
     cols = np.arange(*kv_slice.indices(self.shape[1]))  # [kv tile]
-    step = self.length if self.block_mask is None else self.block_mask.block_tokens
-    firsts = np.where(rows < self.length, rows - rows % step, rows)  # pad rows are each their own
+    step = self.q_len if self.block_mask is None else self.block_mask.block_tokens
+    firsts = np.where(rows < self.q_len, rows - rows % step, rows)  # pad rows are each their own
     firsts, row_of = np.unique(firsts, return_inverse=True)
     return self._allowed(firsts[:, None], cols[None, :])[row_of]
 
   def _key(self):
-    return self.block_mask, self.length, self.shape
+    return self.block_mask, self.q_len, self.kv_len, self.shape
 
   def __eq__(self, other: object):
     if not isinstance(other, _PaddedMask):
@@ -69,60 +75,67 @@ class _PaddedMask(splash_mask._ComputableMask):  # pylint: disable=protected-acc
     return hash((_PaddedMask, self._key()))
 
 
-def _interpret() -> bool:
-  return jax.default_backend() != "tpu"
+def interpret_mode() -> bool:
+  """Whether the kernel is emulated: when asked for (CF_JAX_SPLASH_INTERPRET=1) or when the target
+  is not a TPU. The target is the platform of the mesh being traced for (compile-only TPU devices
+  on a CPU host are a TPU target), else the default backend."""
+  if os.environ.get(INTERPRET_ENV) == "1":
+    return True
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return (device.platform if device is not None else jax.default_backend()) != "tpu"
 
 
-def _tile(length: int) -> int:
+def _tile(length: int, interpret: bool) -> int:
   """Kernel tile for a sequence, never larger than the sequence rounded up to 128. Padding to a
   512 multiple costs under 512 tokens: 32,760 -> 32,768 and 65,520 -> 65,536 at 21 frames."""
-  tile = _INTERPRET_TILE if _interpret() else _TPU_TILE
+  tile = _INTERPRET_TILE if interpret else _TPU_TILE
   return min(tile, -(-length // 128) * 128)
 
 
-def _padded(length: int) -> int:
-  tile = _tile(length)
+def _padded(length: int, tile: int) -> int:
   return -(-length // tile) * tile
 
 
-@functools.lru_cache(maxsize=64)
 def _kernel(mask: splash_mask.Mask, num_heads: int, tile_q: int, tile_kv: int, interpret: bool):
-  """Builds (once per mask, head count and tiling) the kernel and its tile tables.
+  """The kernel and its tile tables, built where it is called (inside the trace).
 
-  The tables are made concrete even when first built while tracing, so the cached kernel never
-  holds a tracer.
+  The tables enter the program as constants; splash caches the numpy mask processing by mask, so
+  rebuilding per call costs nothing after the first. They are never built eagerly: eager arrays
+  would be placed on the mesh's devices, which may be compile-only.
   """
   sizes = splash.BlockSizes(
       block_q=tile_q, block_kv=tile_kv, block_kv_compute=tile_kv,
       block_q_dkv=tile_q, block_kv_dkv=tile_kv, block_kv_dkv_compute=tile_kv,
       block_q_dq=tile_q, block_kv_dq=tile_kv,
   )
-  with jax.ensure_compile_time_eval():
-    return splash.make_splash_mha(
-        splash_mask.MultiHeadMask((mask,) * num_heads),
-        block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret,
-    )
+  return splash.make_splash_mha(
+      splash_mask.MultiHeadMask((mask,) * num_heads),
+      block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret,
+  )
 
 
 def attend_splash(
-    q: jax.Array,  # [B, L, H, Dh]
-    k: jax.Array,  # [B, L, H, Dh]
-    v: jax.Array,  # [B, L, H, Dh]
+    q: jax.Array,  # [B, Lq, H, Dh]
+    k: jax.Array,  # [B, Lk, H, Dh]
+    v: jax.Array,  # [B, Lk, H, Dh]
     mask: BlockMask | None,
-) -> jax.Array:  # [B, L, H, Dh]
-  """Masked self-attention with scale 1/sqrt(Dh); `mask=None` means every query sees every key."""
-  length = q.shape[1]
-  if mask is not None and mask.kind != "bidirectional" and mask.seq_len != length:
-    raise ValueError(f"{mask} describes {mask.seq_len} tokens, the sequence has {length}")
-  padded = _padded(length)
-  tile = _tile(length)
-  padded_mask = _PaddedMask(mask, length, padded)
+) -> jax.Array:  # [B, Lq, H, Dh]
+  """Masked attention with scale 1/sqrt(Dh); `mask=None` means every query sees every key (also
+  for Lq ≠ Lk, e.g. cross-attention to the text: queries and keys are padded separately)."""
+  lq, lk = q.shape[1], k.shape[1]
+  if mask is not None and mask.kind != "bidirectional" and not mask.seq_len == lq == lk:
+    raise ValueError(f"{mask} describes {mask.seq_len} tokens, the queries are {lq} and the keys {lk}")
+  interpret = interpret_mode()
+  tile_q, tile_kv = _tile(lq, interpret), _tile(lk, interpret)
+  pq, pk = _padded(lq, tile_q), _padded(lk, tile_kv)
+  padded_mask = _PaddedMask(mask, lq, lk, (pq, pk))
 
   def local(q, k, v):  # one shard: [b, L, h, Dh]
-    kernel = _kernel(padded_mask, q.shape[2], tile, tile, _interpret())
-    q, k, v = (_to_kernel_layout(x, padded) for x in (q, k, v))  # [b, h, P, Dh]
-    out = jax.vmap(kernel)(q, k, v)  # [b, h, P, Dh]
-    return _from_kernel_layout(out, length)
+    kernel = _kernel(padded_mask, q.shape[2], tile_q, tile_kv, interpret)
+    q = _to_kernel_layout(q, pq)  # [b, h, Pq, Dh]
+    k, v = (_to_kernel_layout(x, pk) for x in (k, v))  # [b, h, Pk, Dh]
+    out = jax.vmap(kernel)(q, k, v)  # [b, h, Pq, Dh]
+    return _from_kernel_layout(out, lq)
 
   return _shard_batch_and_heads(local, _scale(q), k, v)
 
@@ -139,14 +152,16 @@ def attend_splash_prefix(
   (0: visible, 1: not), which the kernel compares per element. Every tile is computed.
   """
   lq, lk = q.shape[1], k.shape[1]
-  pq, pk = _padded(lq), _padded(lk)
+  interpret = interpret_mode()
+  tile_q, tile_kv = _tile(lq, interpret), _tile(lk, interpret)
+  pq, pk = _padded(lq, tile_q), _padded(lk, tile_kv)
   segments = splash.SegmentIds(
       q=jnp.zeros((pq,), jnp.int32),  # [Pq]
       kv=(jnp.arange(pk) >= kv_len).astype(jnp.int32),  # [Pk]
   )
 
   def local(q, k, v, segments):  # one shard: [b, L, h, Dh]
-    kernel = _kernel(splash_mask.FullMask((pq, pk)), q.shape[2], _tile(lq), _tile(lk), _interpret())
+    kernel = _kernel(splash_mask.FullMask((pq, pk)), q.shape[2], tile_q, tile_kv, interpret)
     q = _to_kernel_layout(q, pq)  # [b, h, Pq, Dh]
     k, v = (_to_kernel_layout(x, pk) for x in (k, v))  # [b, h, Pk, Dh]
     out = jax.vmap(kernel, in_axes=(0, 0, 0, None))(q, k, v, segments)  # [b, h, Pq, Dh]

@@ -169,7 +169,7 @@ class WanBlock(nn.Module):
   def __call__(
       self,
       x: jax.Array,  # [B, F·S, D]
-      e0: jax.Array,  # [B, F, 6, D] per-frame time modulation
+      e0: jax.Array,  # [B, F, 6, D] per-frame time modulation ([B, 1, 6, D]: one for all tokens)
       context: jax.Array | None,  # [B, Lt, D] embedded text (None with a cache)
       rope: tuple[jax.Array, jax.Array],  # 2 × [F·S, Dh/2]
       cache: dict[str, jax.Array] | None = None,  # k, v [B, C·S, H, Dh]; cross_k, cross_v [B, Lt, H, Dh]
@@ -187,7 +187,7 @@ class WanBlock(nn.Module):
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (m[:, :, i] for i in range(6))
     b, f = e0.shape[:2]
 
-    def per_frame(h):  # [B, F·S, D] -> [B, F, S, D]
+    def per_frame(h):  # [B, F·S, D] -> [B, F, S, D] (F = 1: the whole sequence)
       return h.reshape(b, f, -1, cfg.dim)
 
     def flat(h):
@@ -315,6 +315,11 @@ class WanModel(nn.Module):
     """
     cfg = self.config
     b, f, height, width, _ = x.shape
+    # One timestep per sample (the bidirectional networks): the time modulation is computed for
+    # one row and broadcast over the whole sequence, not viewed as F frames of S tokens. Same
+    # numbers; at S = 1560 and 9+ frames that per-frame view makes libtpu's compiler abort
+    # (CollapsedBoundIsAdmissible; the reproducer is in tests/test_tpu_compile.py).
+    per_sample_t = t.ndim == 1 and clean_x is None and kv_cache is None
     t = jnp.broadcast_to(t[:, None], (b, f)) if t.ndim == 1 else t
     _check_shapes(cfg, x, t, context, clean_x, kv_cache)
     if detach_clean and clean_x is None:
@@ -332,8 +337,8 @@ class WanModel(nn.Module):
       frame_positions = jnp.concatenate([frame_positions, frame_positions])
     tokens = _dense(cfg.dim, ("patch", "embed"), self, "patch_embedding")(_patchify(x, cfg))  # [B, F'·S, D]
     tokens = nn.with_logical_constraint(tokens.astype(self.dtype), ("batch", "length", "act_embed"))
-    e = self._time_embedding(t)  # [B, F', D]
-    e0 = self._time_projection(e)  # [B, F', 6, D]
+    e = self._time_embedding(t[:, :1] if per_sample_t else t)  # [B, F' (1: per sample), D]
+    e0 = self._time_projection(e)  # [B, F' (1: per sample), 6, D]
     rope = embeddings.rope_cos_sin(frame_positions, h, w, cfg.head_dim)
 
     if kv_cache is None:
@@ -383,7 +388,7 @@ class WanModel(nn.Module):
         self.config, self.dtype, self.param_dtype, self.attention_backend, mask, detached_tokens, name="blocks"
     )
 
-  def _head(self, x, e):  # x [B, F·S, D], e [B, F, D] -> [B, F, S, pt·ph·pw·C_out]
+  def _head(self, x, e):  # x [B, F·S, D], e [B, F or 1, D] -> [B, F or 1, ·, pt·ph·pw·C_out]
     cfg = self.config
     modulation = self.param(
         "head_modulation",

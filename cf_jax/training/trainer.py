@@ -31,7 +31,6 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 import tqdm
 
@@ -43,31 +42,14 @@ from cf_jax.data import records
 from cf_jax.diffusion import sampling_setup
 from cf_jax.diffusion import streaming
 from cf_jax.errors import UserError
-from cf_jax.training import ar_diffusion
-from cf_jax.training import consistency
 from cf_jax.training import divergence
-from cf_jax.training import dmd
-from cf_jax.training import ode
 from cf_jax.training import preemption
+from cf_jax.training import program as program_lib
 from cf_jax.training import workdir as workdir_lib
 from cf_jax.training.metrics import MetricWriter, check_wandb
 from cf_jax.training.stage import Network, Stage
-from cf_jax.training.state import TrainState
 
-STAGES = {"ar_diffusion": ar_diffusion, "ode": ode, "consistency": consistency, "dmd": dmd}
-
-
-def _init_fn(network: Network, data: ml_collections.ConfigDict):
-  """key -> boxed params of `network`, initialized on one latent frame of the data's size."""
-  cfg = network.model.config
-  x = jnp.zeros((1, 1, data.latent_height, data.latent_width, cfg.in_dim))
-  context = jnp.zeros((1, cfg.text_len, cfg.text_dim))
-  return lambda key: network.model.init(key, x, jnp.zeros((1, 1)), context)["params"]
-
-
-def abstract_params(network: Network, data: ml_collections.ConfigDict):
-  """Parameter shapes of a network, boxed with their logical axis names; nothing allocated."""
-  return jax.eval_shape(_init_fn(network, data), jax.random.key(0))
+STAGES = program_lib.STAGES
 
 
 def initial_params(network: Network, name: str, data: ml_collections.ConfigDict, seed: int, shardings=None):
@@ -78,7 +60,7 @@ def initial_params(network: Network, name: str, data: ml_collections.ConfigDict,
     return jax.device_put(params, shardings) if shardings is not None else jax.device_put(params)
   if jax.process_index() == 0:
     print(f"{name}: no init checkpoint set, random initialization")
-  init = _init_fn(network, data)
+  init = program_lib.init_fn(network, data)
   key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()))
   return jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(key)
 
@@ -87,37 +69,23 @@ def _nbytes(tree) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
-def _with_sharding(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    if config.trainer not in STAGES:
-      raise UserError(f"trainer {config.trainer!r}: choose one of {sorted(STAGES)}")
     self.config = config
     self.workdir = checkpoint.as_epath(workdir)
     checkpoint.check_writable(self.workdir)
     check_wandb(config.wandb)
     self._lock = workdir_lib.claim(self.workdir, config)
     self.mesh = parallel.make_mesh(**config.mesh)
-    self.rules = tuple(tuple(r) for r in config.sharding_rules)
-    self.stage: Stage = STAGES[config.trainer].make_stage(config)
-    self._check_batch()
-
-    boxed = {name: abstract_params(net, config.data) for name, net in self.stage.networks.items()}
-    self.param_shardings = {
-        name: parallel.param_shardings(b, self.mesh, self.rules) for name, b in boxed.items()
-    }
-    abstract = {name: _with_sharding(nn.unbox(b), self.param_shardings[name]) for name, b in boxed.items()}
-
-    abstract_state = jax.eval_shape(self._init_state, {n: abstract[n] for n in self.stage.trainable})
-    self.state_shardings = self._state_shardings(abstract_state)
-    self.abstract_state = _with_sharding(abstract_state, self.state_shardings)
-    exported = {**abstract_state.params, **abstract_state.ema}
-    checkpoint.check_free_space(self.workdir, _nbytes(abstract_state) + _nbytes(exported),
+    # The abstract state, shardings and jitted updates, as `cf_jax.compile` builds them.
+    self.program = program_lib.build_program(config, self.mesh, jax.process_count())
+    self.rules = self.program.rules
+    self.stage: Stage = self.program.stage
+    self.param_shardings = self.program.param_shardings
+    self.abstract_state = self.program.abstract_state
+    exported = {**self.abstract_state.params, **self.abstract_state.ema}
+    checkpoint.check_free_space(self.workdir, _nbytes(self.abstract_state) + _nbytes(exported),
                                 "a checkpoint and the exports")
-    init_state = jax.jit(self._init_state, out_shardings=self.state_shardings)
 
     self._data = pipeline.host_batches(  # opened before any weights load: a bad dataset fails fast
         pipeline.source(config.data, self.stage.fields),
@@ -125,7 +93,6 @@ class Trainer:
         config.data.shuffle_seed,
     )
     self.frozen = self._frozen_inputs()
-    self.batch_sharding = parallel.batch_sharding(self.mesh, 1, self.rules)
     self.manager = ocp.CheckpointManager(
         self.workdir / "checkpoints",
         item_names=("state", "data"),
@@ -135,7 +102,7 @@ class Trainer:
     if latest is None:
       params = {n: self._load(n) for n in self.stage.trainable}
       with self.mesh_context():
-        self.state = init_state(params)
+        self.state = self.program.init_state(params)
     else:
       restored = self.manager.restore(
           latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(self.abstract_state),
@@ -143,55 +110,15 @@ class Trainer:
       )
       self.state = restored["state"]
       self._data.set_state(restored["data"])
-    self.updates = {u.name: self._compile(divergence.guard(u.fn, config.skip_nonfinite_updates))
-                    for u in self.stage.updates}
+    self.updates = self.program.updates
     self._sampler = self._sample_context = None  # built by the first sample_videos()
     self._write_config()
 
   # -- set-up -----------------------------------------------------------------------------
 
-  @contextlib.contextmanager
   def mesh_context(self):
     """Mesh and logical-axis rules for tracing and running the steps."""
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-      yield
-
-  def _check_batch(self):
-    c = self.config
-    shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    if c.batch_size % (shards * c.grad_accum):
-      raise UserError(f"batch_size {c.batch_size} must split over {shards} data-parallel devices × "
-                       f"grad_accum {c.grad_accum}; change --config.batch_size or the mesh")
-    if c.batch_size % jax.process_count():
-      raise UserError(f"batch_size {c.batch_size} must split over {jax.process_count()} hosts")
-
-  def _init_state(self, params: dict[str, Any]) -> TrainState:
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state={n: tx.init(params[n]) for n, tx in self.stage.trainable.items()},
-        ema={n: jax.tree.map(jnp.copy, params[n]) for n in self.stage.ema},
-        rng=jax.random.key_data(jax.random.key(self.config.seed)),
-    )
-
-  def _state_shardings(self, abstract_state: TrainState) -> TrainState:
-    """Optimizer moments and EMA shadows are sharded like their parameters; counters, step and
-    rng are replicated."""
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    opt = {
-        n: optax.tree_utils.tree_map_params(
-            tx, lambda _, s: s, abstract_state.opt_state[n], self.param_shardings[n],
-            transform_non_params=lambda _: replicated,
-        )
-        for n, tx in self.stage.trainable.items()
-    }
-    return TrainState(
-        step=replicated,
-        params={n: self.param_shardings[n] for n in self.stage.trainable},
-        opt_state=opt,
-        ema={n: self.param_shardings[n] for n in self.stage.ema},
-        rng=replicated,
-    )
+    return self.program.mesh_context()
 
   def _load(self, name: str) -> Any:
     """Initial params of a network, placed on the mesh."""
@@ -203,17 +130,8 @@ class Trainer:
     frozen = {n: self._load(n) for n in self.stage.networks if n not in self.stage.trainable}
     if self.stage.needs_negative_prompt:
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-      frozen["negative_prompt_embeds"] = jax.device_put(negative_prompt_embeds(self.config.data), replicated)
+      frozen[program_lib.NEGATIVE_PROMPT] = jax.device_put(negative_prompt_embeds(self.config.data), replicated)
     return frozen
-
-  def _compile(self, fn):
-    frozen_shardings = jax.tree.map(lambda x: x.sharding, self.frozen)
-    return jax.jit(
-        fn,
-        in_shardings=(self.state_shardings, frozen_shardings, self.batch_sharding),
-        out_shardings=(self.state_shardings, None),
-        donate_argnums=(0,),
-    )
 
   def _write_config(self):
     if jax.process_index() == 0:

@@ -5,7 +5,7 @@
 #     ar_diffusion_chunkwise gs://my-bucket/cf_jax/runs/ar_diffusion_chunkwise \
 #     --config.init.generator=gs://my-bucket/cf_jax/ckpt/wan_1_3b --config.data.path=/gcs/my-bucket/cf_jax/data/latents
 # <config>: a name in configs/ (ar_diffusion_chunkwise, dmd_framewise:tiny, ode_data_chunkwise, ...) or
-# a path; ode_data_* runs cf_jax.generate_ode_data, the others cf_jax.train. Restarting the same
+# a path; ode_data_* runs cf_jax.generate_ode_data, the others cf_jax.train, with splash attention. Restarting the same
 # command on the same workdir resumes from its latest checkpoint.
 # Env (besides common.sh): RUN_NAME (default: the config's name), FOLLOW=0 (return at once),
 # WAIT=1 (wait for the end and exit with the stage's status; what full_recipe.sh uses), MULTIHOST=0.
@@ -18,7 +18,10 @@ config=$(config_path "$1")
 workdir=$2
 shift 2
 name=${RUN_NAME:-$(config_name "$config")}
-cmd=(.venv/bin/python -m "$(module_for "$config")" --config "$config" --workdir "$workdir")
+# Splash attention on TPU (the configs default to xla, which does not fit at full size); a later
+# --config.attention_backend=... in the arguments wins.
+cmd=(.venv/bin/python -m "$(module_for "$config")" --config "$config" --workdir "$workdir"
+     --config.attention_backend=splash)
 [[ "${MULTIHOST:-1}" == 1 ]] && cmd+=(--multihost)
 
 start_detached all "$name" "${cmd[@]}" "$@"
