@@ -1,4 +1,4 @@
-"""Splash attention (Pallas, TPU) for the structured masks of `attention.BlockMask`.
+"""Splash attention (Pallas, TPU) for the structured masks of `masks.BlockMask`.
 
 The mask is never materialised: `_PaddedMask` is a computable splash mask whose function calls
 `BlockMask.allowed`. The kernel factory evaluates it tile by tile to find the empty tiles (skipped)
@@ -19,7 +19,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import PartitionSpec as P
 
-from cf_jax.models.attention import BlockMask
+from cf_jax.models.masks import BlockMask
 
 _TPU_TILE = 512  # large tiles amortise the per-tile overhead on TPU
 _INTERPRET_TILE = 128  # the smallest legal tile: interpret mode pays per element, not per tile

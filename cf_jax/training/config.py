@@ -75,7 +75,7 @@ def base(trainer: str, frames_per_block: int) -> ml_collections.ConfigDict:
 
   c.compute_dtype = "bfloat16"  # parameters and optimizer state stay float32
   c.remat_policy = "full"  # none | full | dots | dots_no_batch
-  c.attention_backend = "xla"  # xla | splash (TPU) | cudnn (GPU)
+  c.attention_backend = "auto"  # auto (the platform's) | blocksparse (CPU) | xla | splash (TPU) | cudnn (GPU)
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = parallel.DEFAULT_RULES
 
@@ -131,7 +131,7 @@ def ode_data(layout: str) -> ml_collections.ConfigDict:
   c.num_examples = 0  # 0: every record of data.path
   c.output_dtype = "float16"  # the reference's LMDB stores fp16
   c.compute_dtype = "float32"  # the reference runs the teacher in fp32
-  c.attention_backend = "xla"
+  c.attention_backend = "auto"
   c.remat_policy = "none"
   c.data = base("ode", 1).data
   c.data.path = "data/latents"
