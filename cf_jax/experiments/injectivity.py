@@ -40,6 +40,7 @@ from PIL import ImageFont
 from cf_jax import video_metrics
 from cf_jax import weights
 from cf_jax.data import records
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.diffusion import teacher_sampling
 from cf_jax.models import wan
 from cf_jax.recipes import toy as recipe
@@ -57,7 +58,7 @@ def resampled_after_block(z: jax.Array, key: jax.Array, frames_per_block: int, r
   """Noise videos [num_blocks, M, F, H, W, C]: row b is z [F, H, W, C] with the frames after block
   b redrawn M times (the frames up to the end of block b kept)."""
   num_blocks = z.shape[0] // frames_per_block
-  fresh = jax.random.normal(key, (num_blocks, resamples, *z.shape), z.dtype)
+  fresh = noise_lib.normal(key, (num_blocks, resamples, *z.shape), z.dtype)
   kept = jnp.arange(z.shape[0]) < frames_per_block * (jnp.arange(num_blocks)[:, None] + 1)  # [num_blocks, F]
   return jnp.where(kept[:, None, :, None, None, None], z, fresh)
 
@@ -99,9 +100,9 @@ def non_injectivity(model: wan.WanModel, params, layout: wan.Layout, clean: np.n
   ratios = []
   for i in range(len(clean)):
     k_z, k_after, k_free = jax.random.split(jax.random.fold_in(key, i), 3)
-    z = jax.random.normal(k_z, clean.shape[1:])  # [F, H, W, C]
+    z = noise_lib.normal(k_z, clean.shape[1:])  # [F, H, W, C]
     after = resampled_after_block(z, k_after, frames_per_block, resamples)  # [num_blocks, M, F, H, W, C]
-    free = jax.random.normal(k_free, (resamples, *z.shape))  # [M, F, H, W, C]
+    free = noise_lib.normal(k_free, (resamples, *z.shape))  # [M, F, H, W, C]
     noise = jnp.concatenate([after.reshape(-1, *z.shape), free])
     ends = ode_endpoints(model, params, layout, noise, jnp.asarray(clean[i]), jnp.asarray(cond[i]),
                          jnp.asarray(uncond[i]), guidance_weight, batch_size)
@@ -180,7 +181,7 @@ def run_arm(toy: ml_collections.ConfigDict, root: pathlib.Path, run_dir: pathlib
   for stage in ("causal_ode", "dmd"):
     Trainer(configs[stage], str(run_dir / stage)).run()
   key = jax.random.fold_in(jax.random.key(toy.seed + 2), seed)  # the same for both arms
-  noise = jax.random.normal(jax.random.fold_in(key, 0), real.shape)
+  noise = noise_lib.normal(jax.random.fold_in(key, 0), real.shape)
   sample = lambda stage, net: recipe.few_step_samples(toy, run_dir / stage / "export" / net, context, noise,
                                                jax.random.fold_in(key, 1))
   return {
