@@ -60,17 +60,24 @@ def _inputs(model: wan.WanModel, layout: wan.Layout):
   return init(keys[2]), context, x, keys[3]
 
 
-def _timed(fn, iterations: int) -> tuple[float, list[float]]:
-  """(seconds of the first call, seconds of each later one); fn blocks until its result is ready."""
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _timed(fn, iterations: int) -> tuple[float, list[float], list[float]]:
+  """(wall seconds of the first call, wall and CPU seconds of each later one); fn blocks until
+  its result is ready. CPU seconds (all threads) vary less than wall time on a shared machine."""
   start = time.perf_counter()
   fn()
   first = time.perf_counter() - start
-  times = []
+  times, cpu = [], []
   for _ in range(iterations):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), _cpu_seconds()
     fn()
     times.append(time.perf_counter() - start)
-  return first, times
+    cpu.append(_cpu_seconds() - start_cpu)
+  return first, times, cpu
 
 
 def _sample(iterations: int) -> dict:
@@ -78,8 +85,8 @@ def _sample(iterations: int) -> dict:
   params, context, noise, key = _inputs(model, wan.Layout.block_causal(FRAMES_PER_BLOCK))
   config = streaming.FewStepConfig.from_step_count(FRAMES_PER_BLOCK, SAMPLING_STEPS, capacity_frames=LATENTS[1])
   sampler = streaming.StreamingSampler(model, params, config)
-  first, times = _timed(lambda: jax.block_until_ready(sampler.generate(context, noise, key)), iterations)
-  return {"compile_s": first - statistics.median(times), "first_s": first, "times": times}
+  first, times, cpu = _timed(lambda: jax.block_until_ready(sampler.generate(context, noise, key)), iterations)
+  return {"compile_s": first - statistics.median(times), "first_s": first, "times": times, "cpu": cpu}
 
 
 def _train(iterations: int) -> dict:
@@ -96,16 +103,16 @@ def _train(iterations: int) -> dict:
 
   start = time.perf_counter()
   step = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
-  compile_s = time.perf_counter() - start
-  first, times = _timed(lambda: jax.block_until_ready(step(params)), iterations)
-  return {"compile_s": compile_s, "first_s": first, "times": times}
+  compile_s = time.perf_counter() - start  # wall seconds of lowering + compiling
+  first, times, cpu = _timed(lambda: jax.block_until_ready(step(params)), iterations)
+  return {"compile_s": compile_s, "first_s": first, "times": times, "cpu": cpu}
 
 
 def _child(workload: str) -> None:
   jax.config.update("jax_default_matmul_precision", "highest")
   result = {"sample": _sample, "train": _train}[workload](_ITERATIONS.value)
   result["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-  result["backend"] = _model().attention_backend
+  result["backend"] = _model().attention_backend  # 'auto' is blocksparse on CPU
   print("RESULT " + json.dumps(result))
 
 
@@ -121,7 +128,8 @@ def _run_child(workload: str) -> dict:
   t = result["times"]
   print(f"{workload:>6} ({result['backend']}): compile {result['compile_s']:.2f} s  first {result['first_s']:.2f} s  "
         f"per iteration median {statistics.median(t):.3f} s  min {min(t):.3f}  max {max(t):.3f} "
-        f"({len(t)} iterations)  peak RSS {result['rss_gb']:.2f} GB")
+        f"({len(t)} iterations)  CPU s per iteration median {statistics.median(result['cpu']):.3f}  "
+        f"peak RSS {result['rss_gb']:.2f} GB")
   return result
 
 

@@ -35,11 +35,18 @@ def attend(
     return _heads_last(_softmax_attention(q, k, v, None))
   if mask.seq_len != q.shape[2]:
     raise ValueError(f"{mask} describes {mask.seq_len} tokens, the sequence has {q.shape[2]}")
-  outputs = []
+  # Query blocks with equal query and key lengths (teacher forcing: clean block j and noisy
+  # block j) run as one batch, so each distinct shape is compiled once.
+  groups: dict[tuple[int, int], list] = {}
   for q0, q1, ranges in mask.key_ranges():
     keys, values = (_concat([x[:, :, k0:k1] for k0, k1 in ranges]) for x in (k, v))  # [B, H, Lk', Dh]
-    outputs.append(_softmax_attention(q[:, :, q0:q1], keys, values, None))
-  return _heads_last(jnp.concatenate(outputs, axis=2))
+    groups.setdefault((q1 - q0, keys.shape[2]), []).append((q0, q[:, :, q0:q1], keys, values))
+  outputs = {}
+  for members in groups.values():
+    starts, *operands = zip(*members)
+    out = _softmax_attention(*(jnp.stack(x) for x in operands), None)  # [G, B, H, Lq', Dh]
+    outputs.update(zip(starts, out))
+  return _heads_last(jnp.concatenate([outputs[q0] for q0 in sorted(outputs)], axis=2))
 
 
 def attend_prefix(
@@ -74,16 +81,16 @@ def _concat(parts):
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=2)
 
 
-def _logits(q, k, kv_len):  # [B, H, Lq, Dh] × [B, H, Lk, Dh] -> [B, H, Lq, Lk] fp32
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+def _logits(q, k, kv_len):  # [..., Lq, Dh] × [..., Lk, Dh] -> [..., Lq, Lk] fp32
+  logits = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
   if kv_len is not None:
-    visible = jnp.arange(k.shape[2]) < kv_len  # [Lk]
+    visible = jnp.arange(k.shape[-2]) < kv_len  # [Lk]
     logits = jnp.where(visible, logits, _MASKED)
   return logits
 
 
 @jax.custom_vjp
-def _softmax_attention(q, k, v, kv_len):  # [B, H, Lq, Dh], 2 × [B, H, Lk, Dh], [] or None
+def _softmax_attention(q, k, v, kv_len):  # [..., Lq, Dh], 2 × [..., Lk, Dh], [] or None -> [..., Lq, Dh]
   return _forward(q, k, v, kv_len)[0]
 
 
@@ -92,7 +99,7 @@ def _forward(q, k, v, kv_len):
   peak = jnp.max(logits, axis=-1, keepdims=True)  # [B, H, Lq, 1]
   unnormalized = jnp.exp(logits - peak)
   total = jnp.sum(unnormalized, axis=-1, keepdims=True)
-  out = jnp.einsum("bhqk,bhkd->bhqd", (unnormalized / total).astype(v.dtype), v)  # [B, H, Lq, Dh]
+  out = jnp.einsum("...qk,...kd->...qd", (unnormalized / total).astype(v.dtype), v)  # [B, H, Lq, Dh]
   lse = peak + jnp.log(total)  # [B, H, Lq, 1] fp32
   return out, (q, k, v, kv_len, out, lse)
 
@@ -101,13 +108,13 @@ def _backward(residuals, d_out):
   q, k, v, kv_len, out, lse = residuals
   probs = jnp.exp(_logits(q, k, kv_len) - lse)  # [B, H, Lq, Lk] fp32, recomputed
   d_out32 = d_out.astype(jnp.float32)
-  d_v = jnp.einsum("bhqk,bhqd->bhkd", probs, d_out32)
-  d_probs = jnp.einsum("bhqd,bhkd->bhqk", d_out32, v.astype(jnp.float32))
+  d_v = jnp.einsum("...qk,...qd->...kd", probs, d_out32)
+  d_probs = jnp.einsum("...qd,...kd->...qk", d_out32, v.astype(jnp.float32))
   # d logits = p ⊙ (dp − Σ_k p·dp), and Σ_k p·dp = Σ_d dO·O row by row.
   row = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1, keepdims=True)  # [B, H, Lq, 1]
   d_logits = probs * (d_probs - row) * q.shape[-1] ** -0.5
-  d_q = jnp.einsum("bhqk,bhkd->bhqd", d_logits, k.astype(jnp.float32))
-  d_k = jnp.einsum("bhqk,bhqd->bhkd", d_logits, q.astype(jnp.float32))
+  d_q = jnp.einsum("...qk,...kd->...qd", d_logits, k.astype(jnp.float32))
+  d_k = jnp.einsum("...qk,...qd->...kd", d_logits, q.astype(jnp.float32))
   return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
 
 
