@@ -1,7 +1,7 @@
 """Block-sparse attention in plain XLA, for CPUs (the `blocksparse` backend).
 
 Each query block of a `BlockMask` attends to the concatenation of the key ranges it may see
-(`BlockMask.key_ranges()`, static slices): empty tiles cost nothing and no mask is built. Heads
+(`BlockMask.key_ranges()`, static slices): empty tiles cost nothing and no [L, L] mask is built. Heads
 are moved before the sequence once, so QKᵀ and PV are batched matmuls [B·H, Lq, Dh] × [B·H, Dh,
 Lk], the layout XLA:CPU runs fastest (the [B, L, H, Dh] einsum ran at a quarter of the speed).
 
@@ -14,6 +14,7 @@ A prefix (the filled part of a KV cache, `kv_len` traced) is cut into ranges of 
 within it, so unfilled cache rows past it cost nothing.
 """
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -35,16 +36,22 @@ def attend(
     return _heads_last(_softmax_attention(q, k, v, None))
   if mask.seq_len != q.shape[2]:
     raise ValueError(f"{mask} describes {mask.seq_len} tokens, the sequence has {q.shape[2]}")
-  # Query blocks with equal query and key lengths (teacher forcing: clean block j and noisy
-  # block j) run as one batch, so each distinct shape is compiled once.
+  # Key lengths are rounded up to the query length times a power of two (at most the longest),
+  # the pad masked; query blocks of one rounded length run as one batch. So a mask of n blocks
+  # compiles about log2(n) kernels instead of n, for at most twice the work of a block.
+  entries = mask.key_ranges()
+  longest = max(sum(k1 - k0 for k0, k1 in ranges) for _, _, ranges in entries)
   groups: dict[tuple[int, int], list] = {}
-  for q0, q1, ranges in mask.key_ranges():
-    keys, values = (_concat([x[:, :, k0:k1] for k0, k1 in ranges]) for x in (k, v))  # [B, H, Lk', Dh]
-    groups.setdefault((q1 - q0, keys.shape[2]), []).append((q0, q[:, :, q0:q1], keys, values))
+  for q0, q1, ranges in entries:
+    length = sum(k1 - k0 for k0, k1 in ranges)
+    rounded = min((q1 - q0) * 2 ** math.ceil(math.log2(length / (q1 - q0))), longest)
+    keys, values = (_padded(_concat([x[:, :, k0:k1] for k0, k1 in ranges]), rounded) for x in (k, v))
+    groups.setdefault((q1 - q0, rounded), []).append((q0, q[:, :, q0:q1], keys, values, length))
   outputs = {}
-  for members in groups.values():
-    starts, *operands = zip(*members)
-    out = _softmax_attention(*(jnp.stack(x) for x in operands), None)  # [G, B, H, Lq', Dh]
+  for (_, rounded), members in groups.items():
+    starts, queries, keys, values, lengths = zip(*members)
+    kv_len = None if set(lengths) == {rounded} else jnp.array(lengths, jnp.int32)[:, None, None, None, None]
+    out = _softmax_attention(jnp.stack(queries), jnp.stack(keys), jnp.stack(values), kv_len)  # [G, B, H, Lq', Dh]
     outputs.update(zip(starts, out))
   return _heads_last(jnp.concatenate([outputs[q0] for q0 in sorted(outputs)], axis=2))
 
@@ -77,14 +84,18 @@ def _heads_last(x):  # [B, H, L, Dh] -> [B, L, H, Dh]
   return x.transpose(0, 2, 1, 3)
 
 
+def _padded(x, length: int):  # [B, H, L, Dh] -> [B, H, length, Dh], zeros after L
+  return jnp.pad(x, ((0, 0), (0, 0), (0, length - x.shape[2]), (0, 0)))
+
+
 def _concat(parts):
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=2)
 
 
 def _logits(q, k, kv_len):  # [..., Lq, Dh] × [..., Lk, Dh] -> [..., Lq, Lk] fp32
   logits = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
-  if kv_len is not None:
-    visible = jnp.arange(k.shape[-2]) < kv_len  # [Lk]
+  if kv_len is not None:  # [] or broadcastable to the logits' leading axes
+    visible = jnp.arange(k.shape[-2]) < kv_len  # [..., Lk]
     logits = jnp.where(visible, logits, _MASKED)
   return logits
 
