@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from cf_jax import flops
 from cf_jax.diffusion import streaming
+from cf_jax.models import attention
 from cf_jax.models import wan
 from cf_jax.models.config import WanConfig
 
@@ -25,7 +26,7 @@ _FPB = flags.DEFINE_integer("frames_per_block", 3, "Frames per block.")
 _STEPS = flags.DEFINE_integer("steps", 4, "Denoising steps (4, 2, 1).")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Videos generated together.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute dtype.")
-_ATTENTION = flags.DEFINE_enum("attention", "xla", ["xla", "cudnn", "splash"], "Attention backend.")
+_ATTENTION = flags.DEFINE_enum("attention", "auto", list(attention.BACKENDS), "Attention backend.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed videos after the warm-up one.")
 
 

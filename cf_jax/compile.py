@@ -1,7 +1,7 @@
 """Ahead-of-time compile a stage's updates for a TPU topology, on any host: does it fit, how fast.
 
   python -m cf_jax.compile --config configs/ar_diffusion_chunkwise.py --topology v5p:2x4x4 \\
-      --config.attention_backend=splash --config.mesh.fsdp=32
+      --config.mesh.data=1 --config.mesh.fsdp=32
   python -m cf_jax.compile --config configs/dmd_chunkwise.py:tiny --topology v6e:2x2 --sampler
 
 Every update of the stage (DMD: generator and critic) is built by the trainer's own set-up

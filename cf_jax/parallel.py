@@ -59,6 +59,13 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
   return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
+def target_platform() -> str:
+  """The platform a program being traced is for: that of the mesh it is traced under
+  (compile-only TPU devices on a CPU host are a TPU target), else the default backend."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
   """Tree of logical `PartitionSpec`s -> tree of `NamedSharding`s on `mesh`."""
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)

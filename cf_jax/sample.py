@@ -38,6 +38,7 @@ from cf_jax import video_io
 from cf_jax import weights
 from cf_jax.data import records
 from cf_jax.diffusion import sampling_setup
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.diffusion import streaming
 from cf_jax.errors import UserError
 from cf_jax.models import vae as vae_lib
@@ -203,7 +204,7 @@ def run():
   for first in range(0, len(prompts), _BATCH_SIZE.value):
     batch = range(first, min(first + _BATCH_SIZE.value, len(prompts)))
     key, noise_key, step_key = jax.random.split(key, 3)
-    noise = jax.random.normal(noise_key, (len(batch), generated, *latent_hw, LATENT_CHANNELS), dtype)
+    noise = noise_lib.normal(noise_key, (len(batch), generated, *latent_hw, LATENT_CHANNELS), dtype)
     state = sampler.start(jnp.asarray(embeds[batch.start : batch.stop]), latent_hw)
     blocks = []
     if image_latent is not None:

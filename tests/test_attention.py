@@ -92,7 +92,7 @@ def test_key_ranges_reproduce_dense(mask):
   np.testing.assert_array_equal(rebuilt, mask.dense())
 
 
-@pytest.mark.parametrize("backend", ["xla", "splash", "segmented"])
+@pytest.mark.parametrize("backend", ["xla", "blocksparse", "splash", "segmented"])
 @pytest.mark.parametrize("mask", BACKEND_MASKS, ids=mask_id)
 def test_backend_values_match_naive_reference(mask, backend):
   q, k, v, _ = random_qkv(mask)
@@ -102,7 +102,8 @@ def test_backend_values_match_naive_reference(mask, backend):
 
 @pytest.mark.parametrize(
     "mask, backend",
-    [(mask, backend) for backend in ("splash", "segmented") for mask in BACKEND_MASKS],
+    [(mask, backend) for backend in ("splash", "segmented") for mask in BACKEND_MASKS]
+    + [(mask, "blocksparse") for mask in ALL_MASKS + (None,)],
     ids=lambda x: x if isinstance(x, str) else mask_id(x),
 )
 def test_backend_gradients_match_xla(mask, backend):
@@ -116,15 +117,39 @@ def test_backend_gradients_match_xla(mask, backend):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=GRAD_ATOL, rtol=0, err_msg=f"d{name}")
 
 
-@pytest.mark.parametrize("backend", ["splash", "xla"])
-def test_prefix_attention_matches_naive_reference(backend):
+@pytest.mark.parametrize("kv_len", [3 * S, 4 * S, F * S])  # blocksparse: inside, at the end of a range, all
+@pytest.mark.parametrize("backend", ["splash", "xla", "blocksparse"])
+def test_prefix_attention_matches_naive_reference(backend, kv_len):
   rng = np.random.default_rng(1)
   q = rng.standard_normal((B, 2 * S, H, DH)).astype(np.float32)  # one 2-frame chunk
   k, v = (rng.standard_normal((B, F * S, H, DH)).astype(np.float32) for _ in range(2))  # the cache
-  kv_len = 3 * S  # traced: the filled part of the cache
   out = jax.jit(lambda q, k, v, n: attention.attend_prefix(q, k, v, n, backend))(q, k, v, kv_len)
   expected = naive_attention(q, k[:, :kv_len], v[:, :kv_len], None)
   np.testing.assert_allclose(np.asarray(out), expected, atol=VALUE_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kv_len", [S, 3 * S, 5 * S])
+def test_blocksparse_prefix_gradients_match_xla(kv_len):
+  rng = np.random.default_rng(2)
+  q, cotangent = (rng.standard_normal((B, 2 * S, H, DH)).astype(np.float32) for _ in range(2))
+  k, v = (rng.standard_normal((B, F * S, H, DH)).astype(np.float32) for _ in range(2))
+
+  def grads(backend):
+    loss = lambda q, k, v, n: jnp.sum(attention.attend_prefix(q, k, v, n, backend) * cotangent)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v, kv_len)
+
+  for name, got, want in zip("qkv", grads("blocksparse"), grads("xla")):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=GRAD_ATOL, rtol=0, err_msg=f"d{name}")
+
+
+def test_auto_resolves_per_platform():
+  assert attention.resolve_backend("auto", jnp.float32, "cpu") == "blocksparse"
+  assert attention.resolve_backend("auto", jnp.bfloat16, "tpu") == "splash"
+  assert attention.resolve_backend("auto", jnp.bfloat16, "gpu") == "cudnn"
+  assert attention.resolve_backend("auto", jnp.float32, "gpu") == "blocksparse"  # cudnn has no fp32
+  assert attention.resolve_backend("xla", jnp.float32, "tpu") == "xla"
+  with pytest.raises(ValueError, match="unknown attention backend"):
+    attention.resolve_backend("flash")
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cudnn attention needs a GPU")

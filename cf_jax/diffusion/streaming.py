@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from cf_jax.diffusion import flow_matching as fm
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.models import vae as vae_lib
 from cf_jax.models import wan
 from cf_jax.models.kv_cache import KVCache
@@ -159,7 +160,7 @@ class StreamingSampler:
       if step_noise is not None:
         fresh = step_noise[b]
       else:
-        fresh = jax.random.normal(jax.random.fold_in(key, b), (n_fresh, *block_noise.shape), block_noise.dtype)
+        fresh = noise_lib.normal(jax.random.fold_in(key, b), (n_fresh, *block_noise.shape), block_noise.dtype)
       x0, state, _ = self.generate_block(state, b, block_noise, fresh)
       yield x0, state
 

@@ -48,6 +48,7 @@ from cf_jax import video_metrics
 from cf_jax import weights
 from cf_jax.data import records
 from cf_jax.diffusion import flow_matching as fm
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.diffusion import teacher_sampling
 from cf_jax.errors import UserError
 from cf_jax.models import wan
@@ -66,7 +67,7 @@ def resampled_after_block(z: jax.Array, key: jax.Array, frames_per_block: int, r
   """Noise videos [num_blocks, M, F, ...]: row b is z [F, ...] (e.g. [F, H, W, C]) with the frames
   after block b redrawn M times (the frames up to the end of block b kept)."""
   num_blocks = z.shape[0] // frames_per_block
-  fresh = jax.random.normal(key, (num_blocks, resamples, *z.shape), z.dtype)
+  fresh = noise_lib.normal(key, (num_blocks, resamples, *z.shape), z.dtype)
   kept = jnp.arange(z.shape[0]) < frames_per_block * (jnp.arange(num_blocks)[:, None] + 1)  # [num_blocks, F]
   return jnp.where(kept.reshape(num_blocks, 1, -1, *(1,) * (z.ndim - 1)), z, fresh)
 
@@ -156,9 +157,9 @@ def sample_teacher_map(model: wan.WanModel, params, layout: wan.Layout, clean: n
   maps = []
   for i in range(len(clean)):
     k_z, k_after, k_free = jax.random.split(jax.random.fold_in(key, i), 3)
-    z = jax.random.normal(k_z, clean.shape[1:])  # [F, H, W, C]
+    z = noise_lib.normal(k_z, clean.shape[1:])  # [F, H, W, C]
     after = resampled_after_block(z, k_after, frames_per_block, resamples)  # [num_blocks, M, F, H, W, C]
-    free = jax.random.normal(k_free, (resamples, *z.shape))  # [M, F, H, W, C]
+    free = noise_lib.normal(k_free, (resamples, *z.shape))  # [M, F, H, W, C]
     noise = jnp.concatenate([z[None], after.reshape(-1, *z.shape), free])
     ends = ode_endpoints(model, params, layout, noise, jnp.asarray(clean[i]), jnp.asarray(cond[i]),
                          jnp.asarray(uncond[i]), guidance_weight, batch_size)
@@ -241,7 +242,7 @@ def match_ar_teacher(toy: ml_collections.ConfigDict, root: pathlib.Path, workdir
   a time, at most `matching.max_rounds` times, under workdir/ar_teacher) until its samples are at
   least as close to the real videos [N, F, H, W, C] as the bidirectional teacher's on frame_fd and
   motion_fd; and the record: both teachers' distances, every round's and whether they matched."""
-  noise = jax.random.normal(jax.random.key(toy.seed + 2), real.shape)  # one noise for every teacher
+  noise = noise_lib.normal(jax.random.key(toy.seed + 2), real.shape)  # one noise for every teacher
   score = lambda export, causal: video_metrics.video_distances(
       real, recipe.teacher_samples(toy, export, causal, context, noise))
   exports = {"bidirectional": root / "teacher" / "export" / "generator",
@@ -309,7 +310,7 @@ def run_arm(toy: ml_collections.ConfigDict, root: pathlib.Path, run_dir: pathlib
   for stage in ("causal_ode", "dmd"):
     Trainer(configs[stage], str(run_dir / stage)).run()
   key = jax.random.fold_in(jax.random.key(toy.seed + 2), seed)  # the same for both arms
-  noise = jax.random.normal(jax.random.fold_in(key, 0), real.shape)
+  noise = noise_lib.normal(jax.random.fold_in(key, 0), real.shape)
   sample = lambda stage, net: recipe.few_step_samples(toy, run_dir / stage / "export" / net, context, noise,
                                                jax.random.fold_in(key, 1))
   student = run_dir / "causal_ode" / "export" / "generator"

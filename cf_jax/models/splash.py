@@ -1,4 +1,4 @@
-"""Splash attention (Pallas, TPU) for the structured masks of `attention.BlockMask`.
+"""Splash attention (Pallas, TPU) for the structured masks of `masks.BlockMask`.
 
 The mask is never materialised: `_PaddedMask` is a computable splash mask whose function calls
 `BlockMask.allowed`. The kernel factory evaluates it tile by tile to find the empty tiles (skipped)
@@ -21,7 +21,8 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import PartitionSpec as P
 
-from cf_jax.models.attention import BlockMask
+from cf_jax import parallel
+from cf_jax.models.masks import BlockMask
 
 INTERPRET_ENV = "CF_JAX_SPLASH_INTERPRET"  # "1": emulate the kernel even for a TPU target
 _TPU_TILE = 512  # large tiles amortise the per-tile overhead on TPU
@@ -77,12 +78,9 @@ class _PaddedMask(splash_mask._ComputableMask):  # pylint: disable=protected-acc
 
 def interpret_mode() -> bool:
   """Whether the kernel is emulated: when asked for (CF_JAX_SPLASH_INTERPRET=1) or when the target
-  is not a TPU. The target is the platform of the mesh being traced for (compile-only TPU devices
-  on a CPU host are a TPU target), else the default backend."""
-  if os.environ.get(INTERPRET_ENV) == "1":
-    return True
-  device = jax.sharding.get_abstract_mesh().abstract_device
-  return (device.platform if device is not None else jax.default_backend()) != "tpu"
+  is not a TPU (`parallel.target_platform`: compile-only TPU devices on a CPU host are a TPU
+  target)."""
+  return os.environ.get(INTERPRET_ENV) == "1" or parallel.target_platform() != "tpu"
 
 
 def _tile(length: int, interpret: bool) -> int:

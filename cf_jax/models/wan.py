@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from cf_jax.models import attention
 from cf_jax.models import embeddings
+from cf_jax.models import masks
 from cf_jax.models.config import WanConfig
 from cf_jax.models.kv_cache import KVCache
 
@@ -56,8 +57,8 @@ class Layout:
     if teacher_forcing:
       # As in the reference, the teacher-forcing mask has no local window: a model trained with
       # the full history may still be sampled with a rolling window.
-      return attention.BlockMask("teacher_forcing", num_frames, tokens_per_frame, self.frames_per_block)
-    return attention.BlockMask(
+      return masks.BlockMask("teacher_forcing", num_frames, tokens_per_frame, self.frames_per_block)
+    return masks.BlockMask(
         "block_causal", num_frames, tokens_per_frame, self.frames_per_block, self.local_attn_frames
     )
 
@@ -161,7 +162,7 @@ class WanBlock(nn.Module):
   dtype: Any
   param_dtype: Any
   backend: attention.Backend
-  mask: attention.BlockMask | None
+  mask: masks.BlockMask | None
   # Leading tokens whose keys/values carry no gradient (teacher forcing with `detach_clean`).
   detached_tokens: int = 0
 
@@ -284,14 +285,15 @@ class WanModel(nn.Module):
     param_dtype: parameter dtype (float32 master weights).
     remat_policy: activation checkpointing of each block: 'none', 'full', 'dots' or
       'dots_no_batch' (save matmul outputs without batch dims).
-    attention_backend: 'xla', 'splash' or 'cudnn' (see `cf_jax.models.attention`).
+    attention_backend: 'auto' (the platform's: blocksparse on CPU, splash on TPU, cudnn on GPU
+      in half precision), 'blocksparse', 'xla', 'splash' or 'cudnn' (see `cf_jax.models.attention`).
   """
 
   config: WanConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat_policy: RematPolicy = "none"
-  attention_backend: attention.Backend = "xla"
+  attention_backend: attention.Backend = "auto"
 
   @nn.compact
   def __call__(

@@ -27,6 +27,7 @@ from cf_jax import video_metrics
 from cf_jax import weights
 from cf_jax.data import records
 from cf_jax.data import synthetic
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.diffusion import streaming
 from cf_jax.diffusion import teacher_sampling
 from cf_jax.models import wan
@@ -141,7 +142,7 @@ def teacher_samples(toy: ml_collections.ConfigDict, export: pathlib.Path, causal
 def sample_all(toy, workdir: pathlib.Path, context: jax.Array, key: jax.Array) -> dict[str, np.ndarray]:
   """Videos [N, F, H, W, C] of every trained model for the prompts `context` [N, Lt, D]."""
   n = context.shape[0]
-  noise = jax.random.normal(key, (n, toy.num_frames, toy.height, toy.width, toy.channels))
+  noise = noise_lib.normal(key, (n, toy.num_frames, toy.height, toy.width, toy.channels))
   export = lambda stage, net="generator": workdir / stage / "export" / net
   out = {"teacher": teacher_samples(toy, export("teacher"), False, context, noise),
          "ar_diffusion": teacher_samples(toy, export("ar_diffusion"), True, context, noise)}

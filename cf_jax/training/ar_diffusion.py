@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cf_jax.diffusion import flow_matching as fm
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.models import wan
 from cf_jax.training import losses
 from cf_jax.training.denoiser import Denoiser
@@ -59,7 +60,7 @@ def make_stage(config: ml_collections.ConfigDict) -> Stage:
     x0 = batch["latents"]
     k_noise, k_index, k_aug = jax.random.split(key, 3)
     # The reference draws the noise first, then the indices.
-    noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+    noise = noise_lib.normal(k_noise, x0.shape, x0.dtype)
     index = jax.random.randint(k_index, x0.shape[:2], 0, fm.NUM_TRAIN_TIMESTEPS)
     # Context noise augmentation draws indices in [M, 1000): the low-noise tail (spec §11.13).
     aug = jax.random.randint(k_aug, x0.shape[:2], aug_min, fm.NUM_TRAIN_TIMESTEPS) if aug_min > 0 else None

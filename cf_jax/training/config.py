@@ -110,7 +110,7 @@ def base(trainer: str, frames_per_block: int) -> ml_collections.ConfigDict:
 
   c.compute_dtype = "bfloat16"  # parameters and optimizer state stay float32
   c.remat_policy = "full"  # none | full | dots | dots_no_batch
-  c.attention_backend = "xla"  # xla | splash (TPU) | cudnn (GPU)
+  c.attention_backend = "auto"  # auto (the platform's) | blocksparse (CPU) | xla | splash (TPU) | cudnn (GPU)
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = parallel.DEFAULT_RULES
 

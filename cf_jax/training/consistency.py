@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cf_jax.diffusion import flow_matching as fm
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.models import wan
 from cf_jax.training import losses
 from cf_jax.training import state as state_lib
@@ -67,7 +68,7 @@ def make_stage(config: ml_collections.ConfigDict) -> Stage:
     def loss_fn(params, batch, key):
       x0 = batch["latents"]
       k_noise, k_index = jax.random.split(key)
-      noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+      noise = noise_lib.normal(k_noise, x0.shape, x0.dtype)
       k = jax.random.randint(k_index, (), 0, num_intervals)
       negative = negative_context(frozen, x0.shape[0])
       return loss(student, params, frozen["teacher"], state.ema["generator"], x0, batch["prompt_embeds"],

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cf_jax.diffusion import flow_matching as fm
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.models import wan
 from cf_jax.training import losses
 from cf_jax.training import rollout as rollout_lib
@@ -29,7 +30,7 @@ def noisy_sample(key: jax.Array, x: jax.Array, cfg: ml_collections.ConfigDict):
   b, f = x.shape[:2]
   u = jax.random.randint(k_t, (b,), 0, fm.NUM_TRAIN_TIMESTEPS)
   t = jnp.broadcast_to(fm.dmd_timestep(u, cfg.timestep_shift, cfg.min_step, cfg.max_step)[:, None], (b, f))
-  noise = jax.random.normal(k_noise, x.shape, x.dtype)
+  noise = noise_lib.normal(k_noise, x.shape, x.dtype)
   x_t = fm.add_noise(jax.lax.stop_gradient(x), noise, t, fm.training_grid(GENERATOR_SHIFT))
   return x_t, t, noise
 
@@ -79,7 +80,7 @@ def make_stage(config: ml_collections.ConfigDict) -> Stage:
 
   def rollout(params, context, key):
     k_noise, k_exit, k_steps = jax.random.split(key, 3)
-    noise = jax.random.normal(k_noise, (context.shape[0], *video_shape), jnp.float32)
+    noise = noise_lib.normal(k_noise, (context.shape[0], *video_shape), jnp.float32)
     exits = rollout_lib.draw_exit_indices(k_exit, len(steps), len(first) if first else None)
     return rollout_lib.self_forcing_rollout(generator, params, context, noise, steps, first, exits, k_steps,
                                             cfg.context_noise, config.quirks.snap_context_noise)

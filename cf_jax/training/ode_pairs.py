@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from cf_jax import checkpoint
 from cf_jax.data import pipeline
 from cf_jax.data import records
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.diffusion import teacher_sampling
 from cf_jax.errors import UserError
 from cf_jax.models import wan
@@ -43,7 +44,7 @@ def generate(config, out_dir: str):
     pad = -len(items) % mesh.size  # whole batches for every device; the padding is dropped
     stack = lambda k: np.stack([it[k] for it in items] + [items[-1][k]] * pad)
     clean, cond = stack("latents"), stack("prompt_embeds")
-    noise = np.stack([jax.random.normal(jax.random.fold_in(key, first + j), clean.shape[1:])
+    noise = np.stack([noise_lib.normal(jax.random.fold_in(key, first + j), clean.shape[1:])
                       for j in range(len(clean))])
     uncond = np.broadcast_to(negative, cond.shape)
     clean, cond, uncond, noise = (jax.device_put(a, split) for a in (clean, cond, uncond, noise))

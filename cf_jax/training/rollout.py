@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from cf_jax.diffusion import flow_matching as fm
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.models import wan
 from cf_jax.models.kv_cache import KVCache
 from cf_jax.training.denoiser import Denoiser
@@ -81,13 +82,13 @@ def self_forcing_rollout(
     def denoise(i, carry, timesteps=timesteps, step_key=step_key, start=start):
       x, cache = carry
       x0, cache = call(cache, x, timesteps[i], start)
-      eps = jax.random.normal(jax.random.fold_in(step_key, i), x.shape, x.dtype)
+      eps = noise_lib.normal(jax.random.fold_in(step_key, i), x.shape, x.dtype)
       return fm.add_noise(x0, eps, jnp.full(x.shape[:2], timesteps[i + 1]), grid), cache
 
     x, cache = jax.lax.fori_loop(0, exit_index, denoise, (noise[:, start : start + k], cache))
     t_exit = timesteps[exit_index]
     x0, cache = call(cache, x, t_exit, start)
-    eps = jax.random.normal(cache_key, x0.shape, x0.dtype)
+    eps = noise_lib.normal(cache_key, x0.shape, x0.dtype)
     x_cache = fm.add_noise(x0, eps, jnp.full(x0.shape[:2], context_noise), grid, snap_context_noise)
     _, cache = call(cache, x_cache, context_noise, start)
     outputs.append(x0), exit_inputs.append(x), cache_inputs.append(x_cache)

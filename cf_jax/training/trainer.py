@@ -39,6 +39,7 @@ from cf_jax import parallel
 from cf_jax import weights
 from cf_jax.data import pipeline
 from cf_jax.data import records
+from cf_jax.diffusion import noise as noise_lib
 from cf_jax.diffusion import sampling_setup
 from cf_jax.diffusion import streaming
 from cf_jax.errors import UserError
@@ -75,7 +76,6 @@ class Trainer:
     self.workdir = checkpoint.as_epath(workdir)
     checkpoint.check_writable(self.workdir)
     check_wandb(config.wandb)
-    self._lock = workdir_lib.claim(self.workdir, config)
     self.mesh = parallel.make_mesh(**config.mesh)
     # The abstract state, shardings and jitted updates, as `cf_jax.compile` builds them.
     self.program = program_lib.build_program(config, self.mesh, jax.process_count())
@@ -92,6 +92,8 @@ class Trainer:
         config.batch_size // jax.process_count(),
         config.data.shuffle_seed,
     )
+    # Nothing is written before this line: a bad config, dataset or disk leaves no workdir behind.
+    self._lock = workdir_lib.claim(self.workdir, config)
     self.frozen = self._frozen_inputs()
     self.manager = ocp.CheckpointManager(
         self.workdir / "checkpoints",
@@ -222,7 +224,7 @@ class Trainer:
     shape = (len(self._sample_context), c.data.num_frames, c.data.latent_height, c.data.latent_width,
              self._sampler.model.config.in_dim)
     with self.mesh_context():
-      videos = self._sampler.generate(jnp.asarray(self._sample_context), jax.random.normal(key, shape),
+      videos = self._sampler.generate(jnp.asarray(self._sample_context), noise_lib.normal(key, shape),
                                       jax.random.fold_in(key, 1))
     return np.asarray(multihost_utils.process_allgather(videos, tiled=True), np.float32)
 

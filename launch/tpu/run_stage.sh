@@ -18,10 +18,8 @@ config=$(config_path "$1")
 workdir=$2
 shift 2
 name=${RUN_NAME:-$(config_name "$config")}
-# Splash attention on TPU (the configs default to xla, which does not fit at full size); a later
-# --config.attention_backend=... in the arguments wins.
-cmd=(.venv/bin/python -m "$(module_for "$config")" --config "$config" --workdir "$workdir"
-     --config.attention_backend=splash)
+# The configs' attention_backend "auto" is splash on TPU; --config.attention_backend=... overrides.
+cmd=(.venv/bin/python -m "$(module_for "$config")" --config "$config" --workdir "$workdir")
 [[ "${MULTIHOST:-1}" == 1 ]] && cmd+=(--multihost)
 
 start_detached all "$name" "${cmd[@]}" "$@"
