@@ -143,9 +143,9 @@ def load_generator() -> tuple[WanConfig, dict]:
   return weights.load_wan(_CHECKPOINT.value, preset, _ENTRY.value)
 
 
-def sampling(recorded: sampling_setup.SamplingSetup | None) -> sampling_setup.SamplingSetup:
-  """The checkpoint's recorded setup with the layout flags over it, each override noted; chunk-wise
-  4-step where nothing is recorded."""
+def sampling(recorded: sampling_setup.SamplingSetup | None) -> tuple[sampling_setup.SamplingSetup, str | None]:
+  """The checkpoint's recorded setup with the layout flags over it (chunk-wise 4-step where nothing
+  is recorded), and a note saying where it differs from the recorded one or that none was."""
   overrides = {}
   if _FRAMES_PER_BLOCK.value is not None:
     overrides["frames_per_block"] = _FRAMES_PER_BLOCK.value
@@ -155,12 +155,11 @@ def sampling(recorded: sampling_setup.SamplingSetup | None) -> sampling_setup.Sa
     overrides["first_block_denoising_steps"] = streaming.STEP_LISTS[int(_FIRST_BLOCK_STEPS.value)]
   setup = dataclasses.replace(recorded or sampling_setup.RELEASED["chunkwise"].setup, **overrides)
   if recorded is None and not {"frames_per_block", "denoising_steps"} <= set(overrides):
-    print(f"note: {_CHECKPOINT.value} records no sampling setup; sampling {setup.describe()} (convert with "
-          "--preset to record one)", file=sys.stderr)
-  elif recorded is not None and setup != recorded:
-    print(f"note: the flags override the checkpoint's sampling setup: {recorded.describe()} -> {setup.describe()}",
-          file=sys.stderr)
-  return setup
+    return setup, (f"note: {_CHECKPOINT.value} records no sampling setup; sampling {setup.describe()} (convert "
+                   "with --preset to record one)")
+  if recorded is not None and setup != recorded:
+    return setup, f"note: the flags override the checkpoint's sampling setup: {recorded.describe()} -> {setup.describe()}"
+  return setup, None
 
 
 def load_vae():
@@ -179,9 +178,11 @@ def main(argv):
 def run():
   prompts = read_prompts()
   recorded = weights.read_info(_CHECKPOINT.value).get("sampling")
-  setup = sampling(sampling_setup.SamplingSetup.from_info(recorded) if recorded else None)
+  setup, note = sampling(sampling_setup.SamplingSetup.from_info(recorded) if recorded else None)
   check_layout(setup.frames_per_block)
   checkpoint.check_writable(_OUT.value, "--out")
+  if note:  # after the checks, so that bad input stays one line
+    print(note, file=sys.stderr)
   cfg, params = load_generator()
   embeds = text_embeddings(prompts, cfg)
   vae = load_vae()
