@@ -140,25 +140,28 @@ def attend(
 
 def attend_prefix(
     q: jax.Array,  # [B, Lq, H, Dh]
-    k: jax.Array,  # [B, Lk, H, Dh] e.g. a KV cache
-    v: jax.Array,  # [B, Lk, H, Dh]
+    k: jax.Array,  # [B, H, Lk, Dh] a KV cache layer, heads-major
+    v: jax.Array,  # [B, H, Lk, Dh]
     kv_len: jax.Array,  # [] int: every query sees keys [0, kv_len)
     backend: Backend = "xla",
 ) -> jax.Array:  # [B, Lq, H, Dh]
   """Attention of one block's queries to the filled part of a KV cache (no mask within it)."""
   if backend == "cudnn":
     lengths = jnp.full((q.shape[0],), kv_len, jnp.int32)
+    k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # the cuDNN call takes [B, Lk, H, Dh]
     return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
   if backend == "splash":
     from cf_jax.models import splash
 
-    return splash.attend_splash_prefix(q, k, v, kv_len)
-  return _attend_xla(q, k, v, None, kv_len)
+    # The kernel takes [B, Lk, H, Dh] and transposes back to heads-major itself.
+    return splash.attend_splash_prefix(q, k.swapaxes(1, 2), v.swapaxes(1, 2), kv_len)
+  return _attend_xla(q, k, v, None, kv_len, kv_heads_major=True)
 
 
-def _attend_xla(q, k, v, mask: BlockMask | None, kv_len: jax.Array | None = None):
+def _attend_xla(q, k, v, mask: BlockMask | None, kv_len: jax.Array | None = None, kv_heads_major: bool = False):
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  kv = "bhkd" if kv_heads_major else "bkhd"
+  logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None and mask.kind != "bidirectional":
     dense = mask.allowed(
         jax.lax.broadcasted_iota(jnp.int32, logits.shape[-2:], 0),
@@ -169,7 +172,7 @@ def _attend_xla(q, k, v, mask: BlockMask | None, kv_len: jax.Array | None = None
     visible = jax.lax.broadcasted_iota(jnp.int32, logits.shape[-1:], 0) < kv_len
     logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  return jnp.einsum(f"bhqk,{kv}->bqhd", probs, v)
 
 
 def attend_segmented(q, k, v, mask: BlockMask | None, implementation: str | None = "cudnn"):
