@@ -123,7 +123,9 @@ def test_prefix_attention_matches_naive_reference(backend, kv_len):
   rng = np.random.default_rng(1)
   q = rng.standard_normal((B, 2 * S, H, DH)).astype(np.float32)  # one 2-frame chunk
   k, v = (rng.standard_normal((B, F * S, H, DH)).astype(np.float32) for _ in range(2))  # the cache
-  out = jax.jit(lambda q, k, v, n: attention.attend_prefix(q, k, v, n, backend))(q, k, v, kv_len)
+  heads_major = lambda x: x.swapaxes(1, 2)  # the cache layout [B, H, Lk, Dh]
+  out = jax.jit(lambda q, k, v, n: attention.attend_prefix(q, heads_major(k), heads_major(v), n, backend))(
+      q, k, v, kv_len)
   expected = naive_attention(q, k[:, :kv_len], v[:, :kv_len], None)
   np.testing.assert_allclose(np.asarray(out), expected, atol=VALUE_ATOL, rtol=0)
 
@@ -132,7 +134,7 @@ def test_prefix_attention_matches_naive_reference(backend, kv_len):
 def test_blocksparse_prefix_gradients_match_xla(kv_len):
   rng = np.random.default_rng(2)
   q, cotangent = (rng.standard_normal((B, 2 * S, H, DH)).astype(np.float32) for _ in range(2))
-  k, v = (rng.standard_normal((B, F * S, H, DH)).astype(np.float32) for _ in range(2))
+  k, v = (rng.standard_normal((B, H, F * S, DH)).astype(np.float32) for _ in range(2))  # the cache, heads-major
 
   def grads(backend):
     loss = lambda q, k, v, n: jnp.sum(attention.attend_prefix(q, k, v, n, backend) * cotangent)

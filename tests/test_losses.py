@@ -205,6 +205,60 @@ def test_exit_forward_reproduces_the_rollout_and_its_truncated_gradient(k, first
   assert max(errs) < 1e-4
 
 
+@pytest.mark.parametrize("k,first,exits", [(3, None, (0, 3)), (2, (1000.0, 937.5, 833.3333, 625.0), (3, 1))])
+def test_scanned_rollout_equals_the_rollout_written_out(k, first, exits):
+  """The rollout (a scan over blocks) against the same rollout written out block by block and
+  step by step with the same noise streams: equal records, and the same generator gradient
+  through the exit forward over them."""
+  d = load_fixture("dmd")
+  gen, params = causal(k), weights()
+  context, noise = d["cond_prompt_embeds"], cl(d["image_or_video"])
+  steps = (1000.0, 833.3333) if first else (1000.0, 937.5, 833.3333, 625.0)
+  key = jax.random.key(5)
+
+  @jax.jit
+  def unrolled(params):
+    model, grid = gen.model, gen.grid
+    text = wan.WanTextCache(CFG).apply({"params": params}, context)
+    cache = rollout_lib.KVCache.create(text, noise.shape[1], CFG.tokens_per_frame(8, 8))
+
+    def call(cache, x, t, start):
+      t = jnp.full(x.shape[:2], t)
+      flow, cache = gen.model.apply({"params": params}, x, t, None, kv_cache=cache, start_frame=start)
+      return fm.flow_to_x0(x, flow, t, grid), cache
+
+    records = []
+    for b, start in enumerate(range(0, noise.shape[1], k)):
+      timesteps, exit_index = (first or steps, exits[0]) if b == 0 else (steps, exits[1])
+      step_key, cache_key = jax.random.split(jax.random.fold_in(key, b))
+      x = noise[:, start:start + k]
+      for i in range(exit_index):
+        x0, cache = call(cache, x, timesteps[i], start)
+        eps = jax.random.normal(jax.random.fold_in(step_key, i), x.shape)
+        x = fm.add_noise(x0, eps, jnp.full(x.shape[:2], timesteps[i + 1]), grid)
+      x0, cache = call(cache, x, timesteps[exit_index], start)
+      x_cache = fm.add_noise(x0, jax.random.normal(cache_key, x0.shape), jnp.zeros(x0.shape[:2]), grid)
+      _, cache = call(cache, x_cache, 0.0, start)
+      records.append((x0, x, jnp.full(x0.shape[:2], timesteps[exit_index]), x_cache))
+    return rollout_lib.Rollout(*(jnp.concatenate(r, axis=1) for r in zip(*records)))
+
+  def scanned(params):
+    return rollout_lib.self_forcing_rollout(gen, params, context, noise, steps, first,
+                                            tuple(map(jnp.int32, exits)), key)
+
+  want, got = unrolled(params), jax.jit(scanned)(params)
+  for name in ("output", "exit_input", "exit_t", "cache_input"):
+    assert max_err(getattr(got, name), getattr(want, name)) < ATOL, name
+
+  probe = jax.random.normal(jax.random.key(4), noise.shape)
+  loss = lambda p, rollout: jnp.sum(rollout_lib.exit_forward(gen, p, context, rollout) * probe)
+  g_scan = jax.jit(jax.grad(lambda p: loss(p, scanned(p))))(params)  # the rollout itself carries none
+  g_unrolled = jax.jit(jax.grad(lambda p: loss(p, want)))(params)
+  errs = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-12)),
+                                      g_scan, g_unrolled))
+  assert max(errs) < 1e-4
+
+
 def test_rollout_cache_input_snaps_context_noise_like_the_reference():
   gen = causal(3)
   d = load_fixture("dmd")

@@ -58,8 +58,9 @@ def test_cross_and_prefix_attention_compile_for_tpu(tpu_mesh):
   q, text = (4, F * S, 4, DH), (4, 512, 4, DH)
   cross = compile_for(tpu_mesh, lambda q, k, v: attention.attend(q, k, v, None, "splash"), q, text, text)
   assert "tpu_custom_call" in cross.as_text()
+  cache = (4, 4, F * S, DH)  # a KV cache layer, heads-major [B, H, Lk, Dh]
   prefix = compile_for(tpu_mesh, lambda q, k, v: attention.attend_prefix(q, k, v, jnp.int32(700), "splash"),
-                       (4, S, 4, DH), q, q)
+                       (4, S, 4, DH), cache, cache)
   assert "tpu_custom_call" in prefix.as_text()
 
 

@@ -8,8 +8,10 @@ The video is produced block by block (1 frame frame-wise, 3 chunk-wise). For eac
         if not last: x ← (1 − σ(t_{i+1}))·x̂0 + σ(t_{i+1})·ε_i      with fresh noise ε_i
     cache refresh: G(x̂0, context_noise)          (rewrites the block's cache rows with clean K/V)
 
-One jitted function does a whole block for a given step list; the block's start frame is a traced
-argument, so every block of a video (and every video) reuses the same compilation.
+One jitted function does a whole block for a given step list (`blockwise.generate_block`, the
+block function the DMD rollout and the AR teacher sampler share); the block's start frame is a
+traced argument, so every block of a video (and every video) reuses the same compilation. The
+cache is donated to it and its rows are rewritten in place.
 """
 import dataclasses
 import functools
@@ -20,6 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from cf_jax.diffusion import blockwise
 from cf_jax.diffusion import flow_matching as fm
 from cf_jax.diffusion import noise as noise_lib
 from cf_jax.models import vae as vae_lib
@@ -64,15 +67,6 @@ class FewStepConfig:
     """Uses the released step lists (shift 5)."""
     first = STEP_LISTS[first_block_num_steps] if first_block_num_steps else None
     return cls.from_step_lists(frames_per_block, STEP_LISTS[num_steps], first, **kw)
-
-
-@flax.struct.dataclass
-class BlockTrace:
-  """Every generator call of one block, for tests and debugging."""
-
-  inputs: jax.Array  # [n_steps, B, K, H, W, C] noisy input of each denoising call
-  flows: jax.Array  # [n_steps, B, K, H, W, C]
-  x0s: jax.Array  # [n_steps, B, K, H, W, C]
 
 
 @flax.struct.dataclass
@@ -132,7 +126,7 @@ class StreamingSampler:
 
   def generate_block(
       self, state: StreamState, block_index: int, noise: jax.Array, step_noise: jax.Array
-  ) -> tuple[jax.Array, StreamState, BlockTrace]:
+  ) -> tuple[jax.Array, StreamState, blockwise.BlockTrace]:
     """Denoises one block. noise [B, K, H, W, C]; step_noise [n_steps − 1, B, K, H, W, C]."""
     x0, cache, trace = self._block_fn(self.steps_for_block(block_index))(
         self.params, state.cache, noise, step_noise, state.next_frame
@@ -178,13 +172,13 @@ class StreamingSampler:
   # -- compiled pieces ----------------------------------------------------------------------
 
   def _call(self, params, cache, x, t, start_frame):
-    t = jnp.full(x.shape[:2], t, jnp.float32)  # [B, K]
-    return self.model.apply({"params": params}, x, t, None, kv_cache=cache, start_frame=start_frame)
+    return blockwise.cached_forward(self.model, params, start_frame)(cache, x, t)
 
   @functools.cached_property
   def _refresh(self):
     """The cache-refresh pass: clean latents at t = context_noise, fed as they are (inference)."""
-    return jax.jit(lambda p, cache, x0, start: self._call(p, cache, x0, self.config.context_noise, start))
+    refresh = lambda p, cache, x0, start: self._call(p, cache, x0, self.config.context_noise, start)
+    return jax.jit(refresh, donate_argnums=(1,))
 
   def _block_fn(self, steps: tuple[float, ...]):
     """The jitted whole-block function of one step list (built once per list)."""
@@ -193,18 +187,11 @@ class StreamingSampler:
     return self._block_fns[steps]
 
   def _build_block_fn(self, steps: tuple[float, ...]):
-    grid = self.grid
-
-    def block(params, cache, noise, step_noise, start_frame):
-      x, inputs, flows, x0s = noise, [], [], []
-      for i, t in enumerate(steps):
-        flow, cache = self._call(params, cache, x, t, start_frame)
-        x0 = fm.flow_to_x0(x, flow, jnp.float32(t), grid)
-        inputs.append(x), flows.append(flow), x0s.append(x0)
-        if i + 1 < len(steps):
-          x = fm.add_noise(x0, step_noise[i], jnp.float32(steps[i + 1]), grid)
-      _, cache = self._call(params, cache, x0, self.config.context_noise, start_frame)
-      return x0, cache, BlockTrace(jnp.stack(inputs), jnp.stack(flows), jnp.stack(x0s))
+    def block(params, cache, noise, step_noise, start_frame):  # step_noise [n_steps − 1, B, K, H, W, C]
+      denoise = blockwise.few_step(jnp.asarray(steps, jnp.float32), len(steps) - 1, lambda i: step_noise[i], self.grid)
+      forward = blockwise.cached_forward(self.model, params, start_frame)
+      x0, _, cache, trace = blockwise.generate_block(forward, cache, noise, denoise, self.config.context_noise)
+      return x0, cache, trace
 
     return jax.jit(block, donate_argnums=(1,))
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cf_jax.diffusion import blockwise
 from cf_jax.diffusion import flow_matching as fm
 from cf_jax.diffusion import solvers
 from cf_jax.models import wan
@@ -107,19 +108,23 @@ def sample_autoregressive(
       dtype=model.dtype,
   )
 
-  @jax.jit
-  def call(p, cache, x, t, start):
-    t = jnp.full(x.shape[:2], t, jnp.float32)
-    return model.apply({"params": p}, x, t, None, kv_cache=cache, start_frame=start)
-
+  # One compiled forward for every call; the solver's steps run from Python (not unrolled into
+  # one program), so the block function runs eagerly around it.
+  call = jax.jit(lambda p, cache, x, t, start: blockwise.cached_forward(model, p, start)(cache, x, t))
   timesteps, sigmas = _schedule(solver, num_steps)
+
+  def denoise(forward, cache, x):
+    # The solver's calls leave the cache as it is: they would only rewrite this block's rows,
+    # which the refresh overwrites.
+    flow_fn = lambda x, t: _guided(forward(cache, x, t)[0], guidance_weight)
+    return _solve(solver, flow_fn, x, timesteps, sigmas), cache, None
+
   blocks = []
   for start in range(0, f, frames_per_block):
-    start_frame = jnp.int32(start)
-    # Denoising calls rewrite only this block's cache rows, which the final pass overwrites.
-    flow_fn = lambda x, t: _guided(call(params, cache, _twice(x), t, start_frame)[0], guidance_weight)
-    x0 = _solve(solver, flow_fn, noise[:, start : start + frames_per_block], timesteps, sigmas)
-    _, cache = call(params, cache, _twice(x0), context_noise, start_frame)
+    forward = lambda cache, x, t, start=jnp.int32(start): call(params, cache, _twice(x), t, start)
+    x0, _, cache, _ = blockwise.generate_block(
+        forward, cache, noise[:, start : start + frames_per_block], denoise, context_noise
+    )
     blocks.append(x0)
   return jnp.concatenate(blocks, axis=1)
 

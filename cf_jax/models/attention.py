@@ -34,10 +34,10 @@ __all__ = ["BACKENDS", "Backend", "BlockMask", "attend", "attend_prefix", "atten
 
 @dataclasses.dataclass(frozen=True)
 class Kernels:
-  """What a backend provides; both return [B, Lq, H, Dh] from q [B, Lq, H, Dh], k, v [B, Lk, H, Dh]."""
+  """What a backend provides; both return [B, Lq, H, Dh] from q [B, Lq, H, Dh]."""
 
-  attend: Callable[..., jax.Array]  # (q, k, v, mask: BlockMask | None)
-  attend_prefix: Callable[..., jax.Array]  # (q, k, v, kv_len: [] int)
+  attend: Callable[..., jax.Array]  # (q, k, v [B, Lk, H, Dh], mask: BlockMask | None)
+  attend_prefix: Callable[..., jax.Array]  # (q, k, v [B, H, Lk, Dh] a KV cache layer, kv_len: [] int)
 
 
 def resolve_backend(backend: Backend, dtype=jnp.float32, platform: str | None = None) -> str:
@@ -73,8 +73,8 @@ def attend(
 
 def attend_prefix(
     q: jax.Array,  # [B, Lq, H, Dh]
-    k: jax.Array,  # [B, Lk, H, Dh] e.g. a KV cache
-    v: jax.Array,  # [B, Lk, H, Dh]
+    k: jax.Array,  # [B, H, Lk, Dh] a KV cache layer, heads-major
+    v: jax.Array,  # [B, H, Lk, Dh]
     kv_len: jax.Array,  # [] int: every query sees keys [0, kv_len)
     backend: Backend = "auto",
 ) -> jax.Array:  # [B, Lq, H, Dh]
@@ -82,9 +82,10 @@ def attend_prefix(
   return kernels(backend, q.dtype).attend_prefix(q, k, v, kv_len)
 
 
-def _attend_xla(q, k, v, mask: BlockMask | None, kv_len: jax.Array | None = None):
+def _attend_xla(q, k, v, mask: BlockMask | None, kv_len: jax.Array | None = None, kv_heads_major: bool = False):
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  kv = "bhkd" if kv_heads_major else "bkhd"
+  logits = jnp.einsum(f"bqhd,{kv}->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None and mask.kind != "bidirectional":
     dense = mask.allowed(
         jax.lax.broadcasted_iota(jnp.int32, logits.shape[-2:], 0),
@@ -95,7 +96,7 @@ def _attend_xla(q, k, v, mask: BlockMask | None, kv_len: jax.Array | None = None
     visible = jax.lax.broadcasted_iota(jnp.int32, logits.shape[-1:], 0) < kv_len
     logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  return jnp.einsum(f"bhqk,{kv}->bqhd", probs, v)
 
 
 def attend_segmented(q, k, v, mask: BlockMask | None, implementation: str | None = "cudnn"):
@@ -116,18 +117,22 @@ def attend_segmented(q, k, v, mask: BlockMask | None, implementation: str | None
 
 
 def _attend_xla_prefix(q, k, v, kv_len):
-  return _attend_xla(q, k, v, None, kv_len)
+  return _attend_xla(q, k, v, None, kv_len, kv_heads_major=True)
 
 
 def _attend_cudnn_prefix(q, k, v, kv_len):
   lengths = jnp.full((q.shape[0],), kv_len, jnp.int32)
+  k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)  # the cuDNN call takes [B, Lk, H, Dh]
   return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
 
 
 def _splash() -> Kernels:
   from cf_jax.models import splash  # Pallas import is deferred: only TPU runs need it.
 
-  return Kernels(splash.attend_splash, splash.attend_splash_prefix)
+  def prefix(q, k, v, kv_len):  # the kernel wrapper takes [B, Lk, H, Dh] (and goes heads-major itself)
+    return splash.attend_splash_prefix(q, k.swapaxes(1, 2), v.swapaxes(1, 2), kv_len)
+
+  return Kernels(splash.attend_splash, prefix)
 
 
 _REGISTRY: dict[str, Callable[[], Kernels]] = {

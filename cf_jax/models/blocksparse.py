@@ -58,12 +58,12 @@ def attend(
 
 def attend_prefix(
     q: jax.Array,  # [B, Lq, H, Dh]
-    k: jax.Array,  # [B, Lk, H, Dh] e.g. a KV cache
-    v: jax.Array,  # [B, Lk, H, Dh]
+    k: jax.Array,  # [B, H, Lk, Dh] a KV cache layer, heads-major already
+    v: jax.Array,  # [B, H, Lk, Dh]
     kv_len: jax.Array,  # [] int: every query sees keys [0, kv_len)
 ) -> jax.Array:  # [B, Lq, H, Dh]
   """Attention of one block's queries to the first `kv_len` keys."""
-  q, k, v = (_heads_first(x) for x in (q, k, v))  # [B, H, L, Dh]
+  q = _heads_first(q)  # [B, H, Lq, Dh]
   lq, lk = q.shape[2], k.shape[2]
   ends = tuple(range(lq, lk, lq)) + (lk,)  # static prefix lengths, one branch each
 

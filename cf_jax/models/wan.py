@@ -153,9 +153,10 @@ class Attention(nn.Module):
 class WanBlock(nn.Module):
   """One DiT block: modulated self-attention, cross-attention to text, modulated FFN (§2.7).
 
-  With `cache` (one layer's slice of a `KVCache`), the block's keys/values are written into the
-  cache rows `cache_rows` and its queries attend to the first `cache_len` cached rows; the
-  cross-attention reads the cached text keys/values. It then also returns the updated (k, v).
+  With `cache` (one layer's slice of a `KVCache`), the block's queries attend to the first
+  `cache_len` cached rows, its own keys/values in place at `cache_rows`; the cross-attention reads
+  the cached text keys/values. It then also returns the block's keys/values (k, v), for the caller
+  to write into the cache once after the layer scan.
   """
 
   config: WanConfig
@@ -173,7 +174,7 @@ class WanBlock(nn.Module):
       e0: jax.Array,  # [B, F, 6, D] per-frame time modulation ([B, 1, 6, D]: one for all tokens)
       context: jax.Array | None,  # [B, Lt, D] embedded text (None with a cache)
       rope: tuple[jax.Array, jax.Array],  # 2 × [F·S, Dh/2]
-      cache: dict[str, jax.Array] | None = None,  # k, v [B, C·S, H, Dh]; cross_k, cross_v [B, Lt, H, Dh]
+      cache: dict[str, jax.Array] | None = None,  # k, v [B, H, C·S, Dh]; cross_k, cross_v [B, Lt, H, Dh]
       cache_rows: jax.Array | None = None,  # [F·S] int32
       cache_len: jax.Array | None = None,  # [] int32
   ):
@@ -205,8 +206,10 @@ class WanBlock(nn.Module):
       y = attention.attend(q, k, v, self.mask, self.backend)
       new_kv = None
     else:
-      new_kv = (cache["k"].at[:, cache_rows].set(k), cache["v"].at[:, cache_rows].set(v))
-      y = attention.attend_prefix(q, *new_kv, cache_len, self.backend)
+      new_kv = (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))  # 2 × [B, H, F·S, Dh], heads-major as the cache
+      # One layer's copy with the block's rows: the stacked cache itself is never re-stacked.
+      layer_kv = (cache[name].at[:, :, cache_rows].set(x) for name, x in zip(("k", "v"), new_kv))
+      y = attention.attend_prefix(q, *layer_kv, cache_len, self.backend)
     x = x + flat(per_frame(self_attn.project_out(y)) * gate_sa)
 
     cross_attn = Attention(cfg, self.dtype, self.param_dtype, name="cross_attn")
@@ -353,8 +356,8 @@ class WanModel(nn.Module):
       rows = kv_cache.slot_rows(start_frame, f)
       tokens, (new_k, new_v) = self._blocks(None, cached=True)(
           tokens, e0, None, rope, layers, rows, kv_cache.valid_length(start_frame, f)
-      )
-      kv_cache = kv_cache.replace(k=new_k, v=new_v)
+      )  # new_k, new_v [L, B, H, F·S, Dh]: the block's rows only
+      kv_cache = kv_cache.write(rows, new_k, new_v)
     # Teacher forcing: only the noisy half goes through the head.
     flow = _unpatchify(self._head(tokens[:, -f * s :], e[:, -f:]), cfg, f, h, w)
     return flow if kv_cache is None else (flow, kv_cache)
@@ -380,8 +383,9 @@ class WanModel(nn.Module):
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        # x is the carry; modulation, text and RoPE are shared by all layers; a cache is
-        # sliced per layer and comes back stacked.
+        # x is the carry; modulation, text and RoPE are shared by all layers; a cache is read
+        # per layer and only the block's new keys/values come back stacked, so the scan never
+        # materializes a second cache (the caller scatters the new rows in place).
         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast) + ((0, nn.broadcast, nn.broadcast) if cached else ()),
         length=self.config.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},

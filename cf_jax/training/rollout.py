@@ -19,6 +19,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from cf_jax.diffusion import blockwise
 from cf_jax.diffusion import flow_matching as fm
 from cf_jax.diffusion import noise as noise_lib
 from cf_jax.models import wan
@@ -57,44 +58,44 @@ def self_forcing_rollout(
 ) -> Rollout:
   """Runs the generator over the whole video without gradient.
 
+  The blocks run as one `lax.scan` (block 0 before it when it has its own step list), so the
+  compiled program does not grow with the number of blocks. Block b draws its noise from
+  fold_in(key, b): ε_i after step i from fold_in(k_steps, i), the cache input's from k_cache,
+  where (k_steps, k_cache) = split(fold_in(key, b)).
+
   With `snap_context_noise` (the reference), the cache input is add_noise(x̂, ε, context_noise)
   with σ snapped to the grid, i.e. 0.995·x̂ + 0.005·ε at context_noise = 0 (spec §11.3); without
   it, σ = context_noise/1000 exactly (x̂ itself at 0, as at inference).
   """
   params = jax.lax.stop_gradient(params)
   model, grid = generator.model, generator.grid
-  b, f, height, width, _ = noise.shape
+  f, height, width = noise.shape[1:4]
   k = generator.layout.frames_per_block
   text_cache = wan.WanTextCache(model.config, model.dtype, model.param_dtype).apply({"params": params}, context)
   cache = KVCache.create(text_cache, f, model.config.tokens_per_frame(height, width), dtype=model.dtype)
 
-  def call(cache, x, t, start):
-    flow, cache = model.apply({"params": params}, x, jnp.full(x.shape[:2], t), None, kv_cache=cache, start_frame=start)
-    return fm.flow_to_x0(x, flow, jnp.full(x.shape[:2], t), grid, generator.snap), cache
+  def block(cache, b, block_noise, timesteps, exit_index):  # block_noise [B, K, H, W, C]
+    step_key, cache_key = jax.random.split(jax.random.fold_in(key, b))
+    step_noise = lambda i: noise_lib.normal(jax.random.fold_in(step_key, i), block_noise.shape, block_noise.dtype)
 
-  outputs, exit_inputs, exit_ts, cache_inputs = [], [], [], []
-  for block, start in enumerate(range(0, f, k)):
-    first = block == 0 and first_block_steps is not None
-    timesteps = jnp.asarray(first_block_steps if first else steps, jnp.float32)  # [S]
-    exit_index = exits[0] if block == 0 else exits[1]
-    step_key, cache_key = jax.random.split(jax.random.fold_in(key, block))
+    def cache_input(x0):
+      eps = noise_lib.normal(cache_key, x0.shape, x0.dtype)
+      return fm.add_noise(x0, eps, jnp.full(x0.shape[:2], context_noise), grid, snap_context_noise)
 
-    def denoise(i, carry, timesteps=timesteps, step_key=step_key, start=start):
-      x, cache = carry
-      x0, cache = call(cache, x, timesteps[i], start)
-      eps = noise_lib.normal(jax.random.fold_in(step_key, i), x.shape, x.dtype)
-      return fm.add_noise(x0, eps, jnp.full(x.shape[:2], timesteps[i + 1]), grid), cache
+    denoise = blockwise.few_step(timesteps, exit_index, step_noise, grid, generator.snap)
+    x0, x_cache, cache, trace = blockwise.generate_block(
+        blockwise.cached_forward(model, params, b * k), cache, block_noise, denoise, context_noise, cache_input
+    )
+    exit_t = jnp.full(x0.shape[:2], timesteps[exit_index])  # [B, K]
+    return cache, Rollout(x0, trace.inputs[exit_index], exit_t, x_cache)
 
-    x, cache = jax.lax.fori_loop(0, exit_index, denoise, (noise[:, start : start + k], cache))
-    t_exit = timesteps[exit_index]
-    x0, cache = call(cache, x, t_exit, start)
-    eps = noise_lib.normal(cache_key, x0.shape, x0.dtype)
-    x_cache = fm.add_noise(x0, eps, jnp.full(x0.shape[:2], context_noise), grid, snap_context_noise)
-    _, cache = call(cache, x_cache, context_noise, start)
-    outputs.append(x0), exit_inputs.append(x), cache_inputs.append(x_cache)
-    exit_ts.append(jnp.full(x0.shape[:2], t_exit))
-  cat = lambda xs: jnp.concatenate(xs, axis=1)
-  return Rollout(cat(outputs), cat(exit_inputs), cat(exit_ts), cat(cache_inputs))
+  steps = jnp.asarray(steps, jnp.float32)  # [S]
+  if first_block_steps is None:
+    rest = lambda cache, b, x: block(cache, b, x, steps, jnp.where(b == 0, exits[0], exits[1]))
+    return blockwise.scan_blocks(rest, cache, noise, k)[1]
+  cache, first = block(cache, 0, noise[:, :k], jnp.asarray(first_block_steps, jnp.float32), exits[0])
+  _, rest = blockwise.scan_blocks(lambda cache, b, x: block(cache, b, x, steps, exits[1]), cache, noise, k, 1)
+  return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), first, rest)
 
 
 def exit_forward(
