@@ -19,6 +19,7 @@ import pathlib
 
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 from cf_jax import checkpoint

@@ -43,7 +43,7 @@ def test_mask_pairs_count_the_dense_masks():
 def test_stage1_update_is_three_teacher_forcing_forwards():
   from cf_jax.training import config as config_lib
 
-  config = config_lib.ar_diffusion("chunkwise")
+  config = config_lib.stage_config("ar_diffusion_chunkwise")
   config.batch_size = 2
   per_video = flops.forward_flops(CFG, 2 * 21 * S, flops.teacher_forcing_pairs(7, 3 * S))
   assert flops.training_update_flops(config, {"generator": CFG}, S) == {"generator": 2 * 3 * per_video}
