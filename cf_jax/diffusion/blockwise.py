@@ -25,8 +25,11 @@ from cf_jax.models.kv_cache import KVCache
 
 # (cache, x [B, K, H, W, C], t []) -> (flow [B, K, H, W, C], cache with the block's rows rewritten)
 Forward = Callable[[KVCache, jax.Array, jax.Array], tuple[jax.Array, KVCache]]
-# (forward, cache, noise [B, K, H, W, C]) -> (x̂0 [B, K, H, W, C], cache, record)
-Denoise = Callable[[Forward, KVCache, jax.Array], tuple[jax.Array, KVCache, Any]]
+# (forward, cache, noise [B, K, H, W, C]) -> (x̂0 [B, K, H, W, C], record). The denoising calls leave
+# the cache as it is: each call rewrites all of the block's rows before it attends to them, so what
+# an earlier call wrote there is never read, and the refresh writes the rows that stay. Threading
+# their caches through would make XLA keep a copy of the whole cache per call.
+Denoise = Callable[[Forward, KVCache, jax.Array], tuple[jax.Array, Any]]
 
 
 def cached_forward(model: wan.WanModel, params: Any, start_frame: jax.Array | int) -> Forward:
@@ -69,16 +72,16 @@ def few_step(
   def denoise(forward, cache, x):
     full = lambda t: jnp.full(x.shape[:2], t)  # [B, K]
 
-    def call(i, x, cache, trace):
-      flow, cache = forward(cache, x, timesteps[i])
+    def call(i, x, trace):
+      flow, _ = forward(cache, x, timesteps[i])
       x0 = fm.flow_to_x0(x, flow, full(timesteps[i]), grid, snap)
-      return x0, cache, trace.record(i, x, flow, x0)
+      return x0, trace.record(i, x, flow, x0)
 
     def step(i, carry):
-      x0, cache, trace = call(i, *carry)
-      return fm.add_noise(x0, step_noise(i), full(timesteps[i + 1]), grid), cache, trace
+      x0, trace = call(i, *carry)
+      return fm.add_noise(x0, step_noise(i), full(timesteps[i + 1]), grid), trace
 
-    carry = (x, cache, BlockTrace.zeros(timesteps.shape[0], x))
+    carry = (x, BlockTrace.zeros(timesteps.shape[0], x))
     if not (isinstance(exit_index, int) and exit_index == 0):  # a 1-step list draws no noise
       carry = jax.lax.fori_loop(0, exit_index, step, carry)
     return call(exit_index, *carry)
@@ -95,7 +98,7 @@ def generate_block(
     cache_input: Callable[[jax.Array], jax.Array] | None = None,  # x̂0 -> what the refresh sees
 ) -> tuple[jax.Array, jax.Array, KVCache, Any]:
   """Denoises a block and caches it: (x̂0, cache input, cache, the denoiser's record)."""
-  x0, cache, record = denoise(forward, cache, noise)
+  x0, record = denoise(forward, cache, noise)
   x_cache = x0 if cache_input is None else cache_input(x0)
   _, cache = forward(cache, x_cache, context_noise)
   return x0, x_cache, cache, record

@@ -114,10 +114,8 @@ def sample_autoregressive(
   timesteps, sigmas = _schedule(solver, num_steps)
 
   def denoise(forward, cache, x):
-    # The solver's calls leave the cache as it is: they would only rewrite this block's rows,
-    # which the refresh overwrites.
-    flow_fn = lambda x, t: _guided(forward(cache, x, t)[0], guidance_weight)
-    return _solve(solver, flow_fn, x, timesteps, sigmas), cache, None
+    flow_fn = lambda x, t: _guided(forward(cache, x, t)[0], guidance_weight)  # the cache as it is (`blockwise.Denoise`)
+    return _solve(solver, flow_fn, x, timesteps, sigmas), None
 
   blocks = []
   for start in range(0, f, frames_per_block):

@@ -129,10 +129,7 @@ def _attend_cudnn_prefix(q, k, v, kv_len):
 def _splash() -> Kernels:
   from cf_jax.models import splash  # Pallas import is deferred: only TPU runs need it.
 
-  def prefix(q, k, v, kv_len):  # the kernel wrapper takes [B, Lk, H, Dh] (and goes heads-major itself)
-    return splash.attend_splash_prefix(q, k.swapaxes(1, 2), v.swapaxes(1, 2), kv_len)
-
-  return Kernels(splash.attend_splash, prefix)
+  return Kernels(splash.attend_splash, splash.attend_splash_prefix)
 
 
 _REGISTRY: dict[str, Callable[[], Kernels]] = {

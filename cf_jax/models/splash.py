@@ -140,8 +140,8 @@ def attend_splash(
 
 def attend_splash_prefix(
     q: jax.Array,  # [B, Lq, H, Dh]
-    k: jax.Array,  # [B, Lk, H, Dh] e.g. a KV cache
-    v: jax.Array,  # [B, Lk, H, Dh]
+    k: jax.Array,  # [B, H, Lk, Dh] a KV cache layer, heads-major as the kernel takes it
+    v: jax.Array,  # [B, H, Lk, Dh]
     kv_len: jax.Array,  # [] int: every query sees keys [0, kv_len)
 ) -> jax.Array:  # [B, Lq, H, Dh]
   """Attention of a chunk's queries to the filled part of a KV cache.
@@ -149,7 +149,7 @@ def attend_splash_prefix(
   `kv_len` is traced, so it cannot shape a static mask: keys are split into segments instead
   (0: visible, 1: not), which the kernel compares per element. Every tile is computed.
   """
-  lq, lk = q.shape[1], k.shape[1]
+  lq, lk = q.shape[1], k.shape[2]
   interpret = interpret_mode()
   tile_q, tile_kv = _tile(lq, interpret), _tile(lk, interpret)
   pq, pk = _padded(lq, tile_q), _padded(lk, tile_kv)
@@ -158,14 +158,14 @@ def attend_splash_prefix(
       kv=(jnp.arange(pk) >= kv_len).astype(jnp.int32),  # [Pk]
   )
 
-  def local(q, k, v, segments):  # one shard: [b, L, h, Dh]
+  def local(q, k, v, segments):  # one shard: q [b, Lq, h, Dh], k, v [b, h, Lk, Dh]
     kernel = _kernel(splash_mask.FullMask((pq, pk)), q.shape[2], tile_q, tile_kv, interpret)
     q = _to_kernel_layout(q, pq)  # [b, h, Pq, Dh]
-    k, v = (_to_kernel_layout(x, pk) for x in (k, v))  # [b, h, Pk, Dh]
+    k, v = (jnp.pad(x, ((0, 0), (0, 0), (0, pk - lk), (0, 0))) for x in (k, v))  # [b, h, Pk, Dh]
     out = jax.vmap(kernel, in_axes=(0, 0, 0, None))(q, k, v, segments)  # [b, h, Pq, Dh]
     return _from_kernel_layout(out, lq)
 
-  return _shard_batch_and_heads(local, _scale(q), k, v, segments)
+  return _shard_batch_and_heads(local, _scale(q), k, v, segments, kv_heads_major=True)
 
 
 def _scale(q: jax.Array) -> jax.Array:  # [B, L, H, Dh]
@@ -184,9 +184,10 @@ def _from_kernel_layout(x: jax.Array, length: int) -> jax.Array:
   return x[:, :, :length].transpose(0, 2, 1, 3)
 
 
-def _shard_batch_and_heads(fn, q, k, v, *replicated):
+def _shard_batch_and_heads(fn, q, k, v, *replicated, kv_heads_major: bool = False):
   """Runs `fn(q, k, v, *replicated)` per device under an active mesh (batch over data and fsdp,
-  heads over tensor; absent or size-1 axes are left out), or directly without one.
+  heads over tensor; absent or size-1 axes are left out), or directly without one. q is
+  [B, L, H, Dh]; k and v the same, or [B, H, L, Dh] with `kv_heads_major`.
 
   The kernel is a per-device Pallas call that GSPMD cannot partition, hence the shard_map.
   """
@@ -203,9 +204,10 @@ def _shard_batch_and_heads(fn, q, k, v, *replicated):
   head_size = mesh.shape.get(_HEAD_AXIS, 1)
   head_axis = _HEAD_AXIS if head_size > 1 and heads % head_size == 0 else None
   spec = P(tuple(batch_axes) or None, None, head_axis, None)
+  kv_spec = P(tuple(batch_axes) or None, head_axis, None, None) if kv_heads_major else spec
   if mesh.are_all_axes_explicit:  # explicit meshes never reshard implicitly; auto ones do
-    q, k, v = (jax.reshard(x, spec) for x in (q, k, v))
+    q, k, v = jax.reshard(q, spec), jax.reshard(k, kv_spec), jax.reshard(v, kv_spec)
   return jax.shard_map(
-      fn, mesh=mesh, in_specs=(spec, spec, spec) + (P(),) * len(replicated), out_specs=spec,
+      fn, mesh=mesh, in_specs=(spec, kv_spec, kv_spec) + (P(),) * len(replicated), out_specs=spec,
       check_vma=False,  # the Pallas call declares no varying mesh axes for its outputs
   )(q, k, v, *replicated)
