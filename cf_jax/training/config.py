@@ -57,6 +57,17 @@ def select(variant: str, c: ml_collections.ConfigDict,
   return variants[variant](c)
 
 
+def flat_keys(tree: dict, prefix: str = "") -> dict:
+  """A nested config dict (e.g. `config.to_json_best_effort()` parsed) as {dotted key: value}."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flat_keys(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def optimizer(lr: float, b1: float = 0.0, b2: float = 0.999) -> ml_collections.ConfigDict:
   """AdamW with weight decay 0.01 and gradient clipping at 10, constant rate (reference)."""
   return ml_collections.ConfigDict(

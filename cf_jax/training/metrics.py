@@ -19,6 +19,7 @@ import numpy as np
 
 from cf_jax import video_io
 from cf_jax.errors import UserError
+from cf_jax.training import config as config_lib
 
 
 def check_wandb(wandb_cfg: ml_collections.ConfigDict) -> None:
@@ -71,7 +72,8 @@ class MetricWriter:
 
     text = json.dumps(config_json, indent=1)
     self._tb.add_text("config", "\n".join("    " + line for line in text.splitlines()), 0)  # a code block
-    hparams = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v) for k, v in _flatten(config_json)}
+    hparams = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+               for k, v in config_lib.flat_keys(config_json).items()}
     for summary in tensorboardX.summary.hparams(hparams, {}):
       self._tb._get_file_writer().add_summary(summary)
 
@@ -111,14 +113,6 @@ def _truncate_jsonl(path: pathlib.Path, last_step: int) -> None:
   tmp = path.with_name(f".{path.name}.tmp")
   tmp.write_text("".join(kept), encoding="utf-8")
   os.replace(tmp, path)
-
-
-def _flatten(tree: dict, prefix: str = ""):
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      yield from _flatten(v, f"{prefix}{k}.")
-    else:
-      yield f"{prefix}{k}", v
 
 
 def latent_preview(latents: np.ndarray, min_size: int = 64) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 from etils import epath
 
 from cf_jax.errors import UserError
+from cf_jax.training import config as config_lib
 
 LOCK = "lock.json"
 HEARTBEAT_S = 30
@@ -59,19 +60,9 @@ def claim(workdir: epath.Path, config: ml_collections.ConfigDict) -> "Lock":
   return lock
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_changes(old: dict, new: dict) -> list[str]:
-  """Dotted keys whose values differ between two config JSON trees, outside MAY_CHANGE."""
-  old, new = _flat(old), _flat(new)
+  """Dotted keys whose values differ between two flat configs ({dotted key: value}), outside
+  MAY_CHANGE."""
   return sorted(k for k in old.keys() | new.keys()
                 if k.split(".")[0] not in MAY_CHANGE and old.get(k, "<unset>") != new.get(k, "<unset>"))
 
@@ -80,10 +71,10 @@ def check_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None
   path = workdir / "config.json"
   if config.allow_config_change or not path.exists():
     return
-  old, new = json.loads(path.read_text()), json.loads(config.to_json_best_effort())
+  old, new = (config_lib.flat_keys(json.loads(text)) for text in (path.read_text(), config.to_json_best_effort()))
   changed = config_changes(old, new)
   if changed:
-    show = lambda tree, k: repr(_flat(tree).get(k, "<unset>"))[:40]
+    show = lambda flat, k: repr(flat.get(k, "<unset>"))[:40]
     diffs = "; ".join(f"{k}: {show(old, k)} -> {show(new, k)}" for k in changed)
     raise UserError(f"{workdir} was started with another config ({diffs}); rerun with its config, use "
                      f"another --workdir, or pass --config.allow_config_change=true")
