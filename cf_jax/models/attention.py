@@ -75,7 +75,7 @@ def attend_prefix(
     q: jax.Array,  # [B, Lq, H, Dh]
     k: jax.Array,  # [B, H, Lk, Dh] a KV cache layer, heads-major
     v: jax.Array,  # [B, H, Lk, Dh]
-    kv_len: jax.Array,  # [] int: every query sees keys [0, kv_len)
+    kv_len: jax.Array | int,  # [] int: every query sees keys [0, kv_len)
     backend: Backend = "auto",
 ) -> jax.Array:  # [B, Lq, H, Dh]
   """Attention of one block's queries to the filled part of a KV cache (no mask within it)."""

@@ -65,6 +65,8 @@ def attend_prefix(
   """Attention of one block's queries to the first `kv_len` keys."""
   q = _heads_first(q)  # [B, H, Lq, Dh]
   lq, lk = q.shape[2], k.shape[2]
+  if isinstance(kv_len, int) and kv_len == lk:  # every key visible (the prompt's cross-attention cache)
+    return _heads_last(_softmax_attention(q, k, v, None))
   ends = tuple(range(lq, lk, lq)) + (lk,)  # static prefix lengths, one branch each
 
   def branch(end, q, k, v, kv_len):

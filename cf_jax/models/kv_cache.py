@@ -16,7 +16,8 @@ min(end_frame, C)·S rows — a length, not a mask. Re-running a block (each den
 cache refresh) rewrites the same rows, as the reference does; a forward scatters only those rows
 (`write`), so under jit with the cache carried or donated the update happens in place.
 
-The cross-attention keys/values of the prompt are computed once per prompt and kept beside them.
+The cross-attention keys/values of the prompt are computed once per prompt and kept beside them,
+heads-major too, so no call transposes them.
 """
 import flax.struct
 import jax
@@ -27,15 +28,15 @@ import jax.numpy as jnp
 class KVCache:
   k: jax.Array  # [L, B, H, C·S, Dh]
   v: jax.Array  # [L, B, H, C·S, Dh]
-  cross_k: jax.Array  # [L, B, Lt, H, Dh]
-  cross_v: jax.Array  # [L, B, Lt, H, Dh]
+  cross_k: jax.Array  # [L, B, H, Lt, Dh]
+  cross_v: jax.Array  # [L, B, H, Lt, Dh]
   tokens_per_frame: int = flax.struct.field(pytree_node=False)
   sink_frames: int = flax.struct.field(pytree_node=False, default=0)
 
   @classmethod
   def create(
       cls,
-      cross_kv: tuple[jax.Array, jax.Array],  # 2 × [L, B, Lt, H, Dh], from `WanTextCache`
+      cross_kv: tuple[jax.Array, jax.Array],  # 2 × [L, B, H, Lt, Dh], from `WanTextCache`
       capacity_frames: int,
       tokens_per_frame: int,
       sink_frames: int = 0,
@@ -44,7 +45,7 @@ class KVCache:
     cross_k, cross_v = cross_kv
     if not 0 <= sink_frames < capacity_frames:
       raise ValueError(f"sink_frames={sink_frames} must be in [0, capacity_frames={capacity_frames})")
-    layers, batch, _, heads, head_dim = cross_k.shape
+    layers, batch, heads, _, head_dim = cross_k.shape
     shape = (layers, batch, heads, capacity_frames * tokens_per_frame, head_dim)
     dtype = dtype or cross_k.dtype
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), cross_k, cross_v, tokens_per_frame, sink_frames)

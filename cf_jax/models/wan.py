@@ -174,7 +174,7 @@ class WanBlock(nn.Module):
       e0: jax.Array,  # [B, F, 6, D] per-frame time modulation ([B, 1, 6, D]: one for all tokens)
       context: jax.Array | None,  # [B, Lt, D] embedded text (None with a cache)
       rope: tuple[jax.Array, jax.Array],  # 2 × [F·S, Dh/2]
-      cache: dict[str, jax.Array] | None = None,  # k, v [B, H, C·S, Dh]; cross_k, cross_v [B, Lt, H, Dh]
+      cache: dict[str, jax.Array] | None = None,  # k, v [B, H, C·S, Dh]; cross_k, cross_v [B, H, Lt, Dh]
       cache_rows: jax.Array | None = None,  # [F·S] int32
       cache_len: jax.Array | None = None,  # [] int32
   ):
@@ -214,8 +214,12 @@ class WanBlock(nn.Module):
 
     cross_attn = Attention(cfg, self.dtype, self.param_dtype, name="cross_attn")
     c = AffineLayerNorm(cfg.eps, self.param_dtype, name="norm3")(x) if cfg.cross_attn_norm else x
-    text_kv = cross_attn.project_kv(context) if cache is None else (cache["cross_k"], cache["cross_v"])
-    x = x + cross_attn.project_out(attention.attend(cross_attn.project_q(c), *text_kv, None, self.backend))
+    q_text = cross_attn.project_q(c)
+    if cache is None:
+      y = attention.attend(q_text, *cross_attn.project_kv(context), None, self.backend)
+    else:  # the prompt's cached keys/values, heads-major like the self-attention cache: all of them visible
+      y = attention.attend_prefix(q_text, cache["cross_k"], cache["cross_v"], cache["cross_k"].shape[2], self.backend)
+    x = x + cross_attn.project_out(y)
 
     h = flat(per_frame(layer_norm(x, cfg.eps)) * (1 + scale_ff) + shift_ff)
     h = _dense(cfg.ffn_dim, ("embed", "mlp"), self, "ffn_0")(h)
@@ -252,11 +256,13 @@ class _CrossKV(nn.Module):
 
   @nn.compact
   def __call__(self, context, _):
-    return context, Attention(self.config, self.dtype, self.param_dtype, name="cross_attn").project_kv(context)
+    k, v = Attention(self.config, self.dtype, self.param_dtype, name="cross_attn").project_kv(context)
+    return context, (k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))  # 2 × [B, H, text_len, Dh]
 
 
 class WanTextCache(nn.Module):
-  """Cross-attention keys/values of every layer for one prompt: `[L, B, text_len, H, Dh]` × 2.
+  """Cross-attention keys/values of every layer for one prompt: `[L, B, H, text_len, Dh]` × 2
+  (heads-major, as the blocks read them every call).
 
   Applied with a `WanModel`'s params (it uses the text MLP and the cross-attention k/v/norm_k
   weights), once per prompt, to fill `KVCache.cross_k/cross_v`.
