@@ -28,6 +28,7 @@ from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cf_jax.diffusion import streaming
 from cf_jax.models import wan
@@ -51,13 +52,15 @@ def _model() -> wan.WanModel:
 
 
 def _inputs(model: wan.WanModel, layout: wan.Layout):
-  """Random params (values do not change the speed), text [1, 512, 4096] and latents."""
-  keys = jax.random.split(jax.random.key(0), 4)
-  context = jax.random.normal(keys[0], (1, CONFIG.text_len, CONFIG.text_dim), jnp.float32)
-  x = jax.random.normal(keys[1], LATENTS, jnp.float32)
+  """Random params (values do not change the speed), text [1, 512, 4096] and latents, drawn on
+  the host from the params' shapes: like weights loaded from a checkpoint, they cost no compile
+  (a jitted `model.init` would compile the whole network once more and count in the peak RSS)."""
+  rng = np.random.default_rng(0)
+  normal = lambda shape: jnp.asarray(0.02 * rng.standard_normal(shape, np.float32))
+  context, x = normal((1, CONFIG.text_len, CONFIG.text_dim)), normal(LATENTS)
   t = jnp.zeros(LATENTS[:2])
-  init = jax.jit(lambda k: nn.unbox(model.init(k, x, t, context, layout)["params"]))
-  return init(keys[2]), context, x, keys[3]
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), x, t, context, layout)["params"]))
+  return jax.tree.map(lambda s: normal(s.shape), shapes), context, x / 0.02, jax.random.key(3)
 
 
 def _cpu_seconds() -> float:

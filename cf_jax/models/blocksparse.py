@@ -13,6 +13,7 @@ A prefix (the filled part of a KV cache, `kv_len` traced) is cut into ranges of 
 `lax.switch` picks the shortest static prefix of ranges that holds `kv_len` keys and masks only
 within it, so unfilled cache rows past it cost nothing.
 """
+import dataclasses
 import functools
 import math
 
@@ -36,24 +37,93 @@ def attend(
     return _heads_last(_softmax_attention(q, k, v, None))
   if mask.seq_len != q.shape[2]:
     raise ValueError(f"{mask} describes {mask.seq_len} tokens, the sequence has {q.shape[2]}")
-  # Key lengths are rounded up to the query length times a power of two (at most the longest),
-  # the pad masked; query blocks of one rounded length run as one batch. So a mask of n blocks
-  # compiles about log2(n) kernels instead of n, for at most twice the work of a block.
+  return _heads_last(_masked_attention(_plan(mask), q, k, v))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+  """Query blocks of one length whose keys, rounded to one length, run as one batched matmul."""
+
+  query_len: int
+  key_len: int  # rounded: the longest member's keys, padding masked
+  members: tuple[tuple[int, tuple[tuple[int, int], ...], int], ...]  # (q_start, key ranges, keys)
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(mask: BlockMask) -> tuple[_Group, ...]:
+  """Key lengths are rounded up to the query length times a power of two (at most the longest),
+  so a mask of n blocks compiles about log2(n) kernels instead of n, for at most twice the work
+  of a block."""
   entries = mask.key_ranges()
   longest = max(sum(k1 - k0 for k0, k1 in ranges) for _, _, ranges in entries)
   groups: dict[tuple[int, int], list] = {}
   for q0, q1, ranges in entries:
     length = sum(k1 - k0 for k0, k1 in ranges)
     rounded = min((q1 - q0) * 2 ** math.ceil(math.log2(length / (q1 - q0))), longest)
-    keys, values = (_padded(_concat([x[:, :, k0:k1] for k0, k1 in ranges]), rounded) for x in (k, v))
-    groups.setdefault((q1 - q0, rounded), []).append((q0, q[:, :, q0:q1], keys, values, length))
-  outputs = {}
-  for (_, rounded), members in groups.items():
-    starts, queries, keys, values, lengths = zip(*members)
-    kv_len = None if set(lengths) == {rounded} else jnp.array(lengths, jnp.int32)[:, None, None, None, None]
-    out = _softmax_attention(jnp.stack(queries), jnp.stack(keys), jnp.stack(values), kv_len)  # [G, B, H, Lq', Dh]
-    outputs.update(zip(starts, out))
-  return _heads_last(jnp.concatenate([outputs[q0] for q0 in sorted(outputs)], axis=2))
+    groups.setdefault((q1 - q0, rounded), []).append((q0, ranges, length))
+  return tuple(_Group(lq, lk, tuple(members)) for (lq, lk), members in groups.items())
+
+
+def _gather(group: _Group, q, k, v):
+  """A group's stacked queries [G, B, H, Lq', Dh], keys and values [G, B, H, Lk', Dh] (each
+  member's key ranges joined, zero-padded) and key lengths ([G, 1, 1, 1, 1], or None: no pad)."""
+  keys, values = (
+      jnp.stack([_padded(_concat([x[:, :, k0:k1] for k0, k1 in ranges]), group.key_len) for _, ranges, _ in group.members])
+      for x in (k, v)
+  )
+  lengths = [length for _, _, length in group.members]
+  kv_len = None if set(lengths) == {group.key_len} else jnp.array(lengths, jnp.int32)[:, None, None, None, None]
+  return _query_blocks(group, q), keys, values, kv_len
+
+
+def _query_blocks(group: _Group, x):  # [B, H, L, ·] -> [G, B, H, Lq', ·]
+  return jnp.stack([x[:, :, q0 : q0 + group.query_len] for q0, _, _ in group.members])
+
+
+def _by_position(plan: tuple[_Group, ...], blocks: list[jax.Array]) -> jax.Array:
+  """Per-group [G, B, H, Lq', ·] results back into sequence order [B, H, L, ·]."""
+  starts = [q0 for group in plan for q0, _, _ in group.members]
+  rows = [row for group_rows in blocks for row in group_rows]
+  return jnp.concatenate([rows[i] for i in sorted(range(len(starts)), key=starts.__getitem__)], axis=2)
+
+
+# The whole masked attention is one custom VJP so that its residuals are q, k, v, the output and
+# the log-sum-exp as they are; the per-group joined and padded keys are rebuilt in the backward
+# rather than kept (they were most of the attention's memory between the passes).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _masked_attention(plan, q, k, v):  # [B, H, L, Dh] × 3 -> [B, H, L, Dh]
+  return _masked_forward(plan, q, k, v)[0]
+
+
+def _masked_forward(plan, q, k, v):
+  outs, lses = [], []
+  for group in plan:
+    out, (*_, lse) = _forward(*_gather(group, q, k, v))
+    outs.append(out)
+    lses.append(lse)
+  out, lse = _by_position(plan, outs), _by_position(plan, lses)  # [B, H, L, Dh], [B, H, L, 1]
+  return out, (q, k, v, out, lse)
+
+
+def _masked_backward(plan, residuals, d_out):
+  q, k, v, out, lse = residuals
+  d_qs = []
+  d_k, d_v = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+  for group in plan:
+    q_g, k_g, v_g, kv_len = _gather(group, q, k, v)
+    per_query = (_query_blocks(group, x) for x in (out, lse, d_out))
+    d_q, d_kg, d_vg = _grads(q_g, k_g, v_g, kv_len, *per_query)  # fp32
+    d_qs.append(d_q)
+    for (_, ranges, _), dk_m, dv_m in zip(group.members, d_kg, d_vg):
+      offset = 0
+      for k0, k1 in ranges:  # each key range's rows of the joined keys go back where they came from
+        d_k = d_k.at[:, :, k0:k1].add(dk_m[:, :, offset : offset + k1 - k0])
+        d_v = d_v.at[:, :, k0:k1].add(dv_m[:, :, offset : offset + k1 - k0])
+        offset += k1 - k0
+  return _by_position(plan, d_qs).astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype)
+
+
+_masked_attention.defvjp(_masked_forward, _masked_backward)
 
 
 def attend_prefix(
@@ -119,6 +189,11 @@ def _forward(q, k, v, kv_len):
 
 def _backward(residuals, d_out):
   q, k, v, kv_len, out, lse = residuals
+  d_q, d_k, d_v = _grads(q, k, v, kv_len, out, lse, d_out)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+def _grads(q, k, v, kv_len, out, lse, d_out):  # fp32 d_q, d_k, d_v
   probs = jnp.exp(_logits(q, k, kv_len) - lse)  # [B, H, Lq, Lk] fp32, recomputed
   d_out32 = d_out.astype(jnp.float32)
   d_v = jnp.einsum("...qk,...qd->...kd", probs, d_out32)
@@ -128,7 +203,7 @@ def _backward(residuals, d_out):
   d_logits = probs * (d_probs - row) * q.shape[-1] ** -0.5
   d_q = jnp.einsum("...qk,...kd->...qd", d_logits, k.astype(jnp.float32))
   d_k = jnp.einsum("...qk,...qd->...kd", d_logits, q.astype(jnp.float32))
-  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+  return d_q, d_k, d_v
 
 
 _softmax_attention.defvjp(_forward, _backward)

@@ -293,7 +293,10 @@ class WanModel(nn.Module):
     dtype: compute dtype (bfloat16 for training and sampling at scale).
     param_dtype: parameter dtype (float32 master weights).
     remat_policy: activation checkpointing of each block: 'none', 'full', 'dots' or
-      'dots_no_batch' (save matmul outputs without batch dims).
+      'dots_no_batch' (save matmul outputs without batch dims; the default, since recomputing
+      the elementwise ops and the attention is cheaper than keeping them: on the CPU perf
+      anchor's training step it keeps 0.50 GB between the passes instead of 1.20 GB, and runs
+      no slower). Stage configs set their own.
     attention_backend: 'auto' (the platform's: blocksparse on CPU, splash on TPU, cudnn on GPU
       in half precision), 'blocksparse', 'xla', 'splash' or 'cudnn' (see `cf_jax.models.attention`).
   """
@@ -301,7 +304,7 @@ class WanModel(nn.Module):
   config: WanConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  remat_policy: RematPolicy = "none"
+  remat_policy: RematPolicy = "dots_no_batch"
   attention_backend: attention.Backend = "auto"
 
   @nn.compact
