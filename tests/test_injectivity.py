@@ -191,6 +191,7 @@ def test_smoke_run_writes_every_arm_and_seed(tmp_path, request):
   ar_flow_map = results["runs"]["autoregressive"][0]["flow_map"]  # the AR teacher's mean is its endpoint
   np.testing.assert_allclose(ar_flow_map["to_conditional_mean"], ar_flow_map["to_endpoint"], rtol=0.05)
   assert results["teachers"]["autoregressive"]["extra_steps"] in (0, 2)  # at most one smoke round
+  assert results["teachers"]["bidirectional"]["extra_steps"] == 2  # the equal budget from one checkpoint
   table = (tmp_path / "results.md").read_text()
   assert "| autoregressive teacher |" in table and "| bidirectional teacher |" in table
   assert "| autoregressive teacher |" in run.stdout

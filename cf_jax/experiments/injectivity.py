@@ -8,10 +8,12 @@ A causal student's block b cannot see the noise of later frames. The AR teacher'
 recover it; the bidirectional teacher's block b does depend on it, so the student can only regress
 the average over that noise (a blurry target), and DMD starts from there. The experiment:
 
-  teachers        the toy recipe's bidirectional `teacher` and AR `ar_diffusion`, trained once
-                  under the workdir (or reused from a toy run: --config.toy_workdir); the AR one
-                  trained on (workdir/ar_teacher) until its samples are at least as close to real
-                  videos as the bidirectional one's, or a step budget runs out
+  teachers        the toy recipe's bidirectional `teacher` and AR `ar_diffusion` (initialized from
+                  it), trained once under the workdir (or reused from a toy run:
+                  --config.toy_workdir); the bidirectional one trained on from the same checkpoint
+                  for as many steps as the AR one had (workdir/bidirectional_teacher), equal
+                  budgets; the AR one trained on (workdir/ar_teacher) if its samples are not yet
+                  at least as close to real videos as the bidirectional one's, or a budget runs out
   teacher maps    per teacher, around held-out noise videos z (each with a held-out video as
                   history and its prompt): the ODE endpoint from z, endpoints with only the noise
                   after block b redrawn, endpoints from independent noises. Non-injectivity of
@@ -235,6 +237,22 @@ def at_least_as_good(a: dict[str, float], b: dict[str, float]) -> bool:
   return all(a[k] <= b[k] for k in ("frame_fd", "motion_fd"))
 
 
+def continue_bidirectional(toy: ml_collections.ConfigDict, root: pathlib.Path, workdir: pathlib.Path,
+                           steps: int) -> pathlib.Path:
+  """The bidirectional teacher trained on for `steps` more steps (under workdir/bidirectional_teacher)
+  from the checkpoint the AR teacher was initialized from: with steps = the AR teacher's
+  teacher-forcing steps, both teachers have had the same training from one checkpoint."""
+  teacher = root / "teacher" / "export" / "generator"
+  if steps == 0:
+    return teacher
+  config = recipe.stage_configs(toy, root)["teacher"]
+  config.update(num_steps=steps, checkpoint_every=steps, log_every=max(1, steps // 10))
+  config.init.generator = str(teacher)
+  print(f"== bidirectional teacher: {steps} more steps")
+  Trainer(config, str(workdir / "bidirectional_teacher")).run()
+  return workdir / "bidirectional_teacher" / "export" / "generator"
+
+
 def match_ar_teacher(toy: ml_collections.ConfigDict, root: pathlib.Path, workdir: pathlib.Path,
                      matching: ml_collections.ConfigDict, real: np.ndarray, context: np.ndarray
                      ) -> tuple[dict[str, pathlib.Path], dict]:
@@ -245,9 +263,9 @@ def match_ar_teacher(toy: ml_collections.ConfigDict, root: pathlib.Path, workdir
   noise = noise_lib.normal(jax.random.key(toy.seed + 2), real.shape)  # one noise for every teacher
   score = lambda export, causal: video_metrics.video_distances(
       real, recipe.teacher_samples(toy, export, causal, context, noise))
-  exports = {"bidirectional": root / "teacher" / "export" / "generator",
+  exports = {"bidirectional": continue_bidirectional(toy, root, workdir, matching.bidirectional_steps),
              "autoregressive": root / "ar_diffusion" / "export" / "generator"}
-  bidirectional = score(exports["bidirectional"], False)
+  bidirectional = {"extra_steps": matching.bidirectional_steps, **score(exports["bidirectional"], False)}
   rounds = [{"extra_steps": 0, **score(exports["autoregressive"], True)}]
   config = recipe.stage_configs(toy, root)["ar_diffusion"]
   config.update(checkpoint_every=matching.round_steps, log_every=max(1, matching.round_steps // 10))
@@ -383,7 +401,9 @@ def format_table(results: dict) -> str:
             "non-injectivity: ± std over the noise videos). Distances to real: multi-step teachers and 4-step "
             "students against held-out real videos (real against other real videos: frame_fd "
             f"{reference['frame_fd']:.3g}, motion_fd {reference['motion_fd']:.3g}). The AR teacher had "
-            f"{ar['extra_steps']} teacher-forcing steps beyond the toy recipe's and is "
+            f"{ar['extra_steps']} teacher-forcing steps beyond the toy recipe's, the bidirectional one "
+            f"{teachers['bidirectional'].get('extra_steps', 0)} more steps of its own training from the checkpoint "
+            "the AR one started from; the AR teacher is "
             f"{'' if teachers['matched'] else 'NOT '}at least as close to real videos as the bidirectional one "
             "on both distances. Flow map, per block, in units of the RMS spread of the teacher's endpoints "
             "(independent draws are 1.41 apart): the ODE student's 4-step output (teacher-forced history, "
