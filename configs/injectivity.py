@@ -6,8 +6,6 @@ recipe (`cf_jax.experiments.injectivity`): same data, noise, init and settings, 
       --config.toy_workdir=runs/toy   # reuse a toy run's data and teachers
   python -m cf_jax.experiments.injectivity --config configs/injectivity.py:smoke --workdir /tmp/inj   # CI
 """
-import pathlib
-
 import ml_collections
 
 from cf_jax.training import config as base
@@ -30,7 +28,7 @@ def get_config(variant: str = ""):
   c.num_noises = 4
   c.resamples = 8
   c.noise_seed = 0
-  c.toy = base.from_file(pathlib.Path(__file__).with_name("toy.py"), variant)
+  c.toy = base.stage_config("toy")
   # Teachers are scored with the sampler of their ODE pairs (Euler on the 48-step ODE grid): the
   # toy's 24 steps leave both far from their ODE maps (the AR teacher's motion_fd 902 vs 456 at 48).
   c.toy.sampling_steps = 48
@@ -38,6 +36,7 @@ def get_config(variant: str = ""):
 
 
 def smoke(c):  # one seed: every stage compiles once per run, which is most of the time
+  c.toy = base.stage_config("toy", "smoke")
   c.update(seeds=(0,), num_noises=1, resamples=2)
   c.ar_teacher.update(bidirectional_steps=2, round_steps=2, max_rounds=1)
   c.toy.sampling_steps = 4
