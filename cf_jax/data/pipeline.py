@@ -73,4 +73,8 @@ def host_batches(ds: grain.MapDataset, host_batch_size: int, seed: int) -> grain
   mine = ds[jax.process_index() :: jax.process_count()]
   if len(mine) < host_batch_size:
     raise UserError(f"this host holds {len(mine)} records, fewer than its batch of {host_batch_size}")
-  return iter(mine.seed(seed).shuffle().repeat().batch(host_batch_size, drop_remainder=True).to_iter_dataset())
+  batches = mine.seed(seed).shuffle().repeat().batch(host_batch_size, drop_remainder=True)
+  # grain's default read-ahead (500 elements, 16 threads) is sized for KiB records; ours are batches
+  # of video latents, and reading 500 of them ahead costs host memory and, on a small host, the CPU
+  # the training step needs. A few batches ahead hide the reads behind a step.
+  return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
