@@ -12,6 +12,7 @@ import tempfile
 from typing import Any
 
 import jax
+import numpy as np
 from etils import epath
 import orbax.checkpoint as ocp
 
@@ -49,12 +50,19 @@ def restore_params(path: str | pathlib.Path, target: Any | None = None) -> Any:
   Args:
     path: checkpoint directory written by `save_params`.
     target: optional tree of `jax.ShapeDtypeStruct` (with `.sharding`) or arrays giving the
-      expected structure, dtypes and placement; without it, arrays come back as saved, on the
-      default device.
+      expected structure, dtypes and placement; without it, numpy arrays on the host, whatever
+      mesh wrote them (orbax would otherwise place them on the writer's devices and fail on
+      any other topology: a generator exported on a pod, sampled on one GPU).
   """
   path = _existing(path)
-  args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
   try:
+    if target is None:
+      with ocp.StandardCheckpointer() as reader:
+        saved = reader.metadata(path / "params").item_metadata
+      host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
+      args = ocp.args.PyTreeRestore(restore_args=host)
+    else:
+      args = ocp.args.StandardRestore(target)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
       return ckptr.restore(path, ocp.args.Composite(params=args))["params"]
   except (ValueError, KeyError) as e:

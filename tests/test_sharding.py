@@ -1,6 +1,9 @@
 """Sharding on the fake 8-device CPU mesh: parameter placement by logical-axis rules, and a sharded
 forward equal to the unsharded one."""
 import functools
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -8,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from cf_jax import parallel
+from cf_jax import checkpoint, parallel, weights
 from cf_jax.convert import wan as convert_wan
 from cf_jax.models import wan
 from cf_jax.models.config import WanConfig
@@ -81,3 +84,27 @@ def test_sharded_forward_equals_unsharded():
     out = jax.jit(run, in_shardings=(p_shard, *in_shard))(sharded_params, *args)
   assert out.sharding.spec[0] == ("data", "fsdp")
   np.testing.assert_allclose(np.asarray(out), np.asarray(unsharded), atol=1e-5, rtol=0)  # reduction order differs across shards
+
+
+def test_export_written_on_a_mesh_loads_on_one_device(tmp_path):
+  """Generators exported on a pod are sampled on one GPU: params saved from arrays sharded over 8
+  devices come back whole, and equal, in a process that has one."""
+  cfg = WanConfig.tiny()
+  params = convert_wan.load_params(FIXTURES / "wan_tiny.safetensors", cfg)
+  mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+  sharded = jax.device_put(params, parallel.param_shardings(abstract_params(cfg), mesh))
+  assert sharded["blocks"]["ffn_0"]["kernel"].sharding.spec == P(None, "fsdp", "tensor")
+  info = {"network": weights.NETWORKS["wan"].name, "config": checkpoint.config_dict(cfg)}
+  checkpoint.save_params(tmp_path / "export", sharded, info)
+  script = ("import sys, jax, numpy as np; from cf_jax import weights; assert jax.device_count() == 1; "
+            "_, p = weights.load_wan(sys.argv[1]); "
+            "np.savez(sys.argv[2], **{jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(p)})")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "export"), str(tmp_path / "loaded.npz")],
+                       capture_output=True, text=True, timeout=300, env=env)
+  assert run.returncode == 0, run.stderr[-2000:]
+  with np.load(tmp_path / "loaded.npz") as loaded:
+    expected = dict(jax.tree_util.tree_leaves_with_path(params))
+    assert sorted(loaded.files) == sorted(jax.tree_util.keystr(k) for k in expected)
+    for k, v in expected.items():
+      np.testing.assert_array_equal(loaded[jax.tree_util.keystr(k)], v)
