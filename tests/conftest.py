@@ -4,6 +4,8 @@ XLA reads its flags once, when JAX starts, so they are set here before anything 
 """
 import os
 import pathlib
+import subprocess
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Trainers built twice with the same config (resume tests, CLI subprocesses, which inherit the
@@ -20,7 +22,8 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+ROOT = pathlib.Path(__file__).parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +35,17 @@ def load_fixture(name: str) -> dict[str, np.ndarray]:
   """The arrays of `tests/fixtures/<name>.npz`, loaded eagerly."""
   with np.load(FIXTURES / f"{name}.npz") as data:
     return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def toy_smoke_run(tmp_path_factory) -> pathlib.Path:
+  """The workdir of one run of the README's first command, shortened (`configs/toy.py:smoke`),
+  through the real CLI: test_toy checks it, and the injectivity smoke reuses its data and teachers
+  (the toy stages are most of either run's time)."""
+  workdir = tmp_path_factory.mktemp("toy_smoke")
+  run = subprocess.run(
+      [sys.executable, "-m", "cf_jax.train", "--config", "configs/toy.py:smoke", "--workdir", str(workdir)],
+      capture_output=True, text=True, timeout=900, cwd=ROOT,
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  return workdir

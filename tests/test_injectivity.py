@@ -174,13 +174,14 @@ def test_report_gives_mean_and_std_over_seeds(tmp_path):
     assert image.size[0] > 1000
 
 
-def test_smoke_run_writes_every_arm_and_seed(tmp_path, request):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user runs it
-  cache = request.config.cache.mkdir("injectivity_xla")  # compilations, kept between test runs
+def test_smoke_run_writes_every_arm_and_seed(tmp_path, toy_smoke_run):
+  # The toy run's data and teachers (written on the 8-device mesh, as this run's stages are, so
+  # their compilations are the toy's, read from the persistent cache).
   run = subprocess.run(
       [sys.executable, "-m", "cf_jax.experiments.injectivity", "--config", "configs/injectivity.py:smoke",
-       "--workdir", str(tmp_path), "--compilation_cache", str(cache)],
-      capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+       "--workdir", str(tmp_path), f"--config.toy_workdir={toy_smoke_run}",
+       "--compilation_cache", os.environ["JAX_COMPILATION_CACHE_DIR"]],
+      capture_output=True, text=True, timeout=600, cwd=ROOT,
   )
   assert run.returncode == 0, run.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
