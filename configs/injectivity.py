@@ -4,7 +4,8 @@ recipe (`cf_jax.experiments.injectivity`): same data, noise, init and settings, 
   python -m cf_jax.experiments.injectivity --config configs/injectivity.py --workdir runs/injectivity
   python -m cf_jax.experiments.injectivity --config configs/injectivity.py --workdir runs/injectivity \
       --config.toy_workdir=runs/toy   # reuse a toy run's data and teachers
-  python -m cf_jax.experiments.injectivity --config configs/injectivity.py:smoke --workdir /tmp/inj   # CI
+  python -m cf_jax.experiments.injectivity --config configs/injectivity.py:smoke --workdir /tmp/inj \
+      --config.toy_workdir=/tmp/toy_smoke   # CI: a configs/toy.py:smoke run's data and teachers
 """
 import ml_collections
 
