@@ -138,9 +138,11 @@ def text_embeddings(prompts: list[str], cfg: WanConfig) -> np.ndarray:  # [N, L,
   return embeds.astype(np.float32)
 
 
-def load_generator() -> tuple[WanConfig, dict]:
+def load_generator(dtype) -> tuple[WanConfig, dict]:
+  """The generator's config and params, read in `dtype` and moved onto the device."""
   preset = WanConfig.from_preset(_MODEL.value) if _MODEL.value else None
-  return weights.load_wan(_CHECKPOINT.value, preset, _ENTRY.value)
+  cfg, params = weights.load_wan(_CHECKPOINT.value, preset, _ENTRY.value, dtype)
+  return cfg, weights.to_device(params)
 
 
 def sampling(recorded: sampling_setup.SamplingSetup | None) -> tuple[sampling_setup.SamplingSetup, str | None]:
@@ -183,11 +185,10 @@ def run():
   checkpoint.check_writable(_OUT.value, "--out")
   if note:  # after the checks, so that bad input stays one line
     print(note, file=sys.stderr)
-  cfg, params = load_generator()
+  dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
+  cfg, params = load_generator(dtype)
   embeds = text_embeddings(prompts, cfg)
   vae = load_vae()
-  dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
-  params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
   generated = _NUM_FRAMES.value - (1 if _IMAGE.value else 0)
   capacity = _NUM_FRAMES.value if _LOCAL_ATTN_FRAMES.value == -1 else _LOCAL_ATTN_FRAMES.value
   config = setup.few_step_config(capacity_frames=capacity, sink_frames=_SINK_FRAMES.value)

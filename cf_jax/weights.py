@@ -108,7 +108,7 @@ def load_with_source(kind: str, path: str | pathlib.Path, config=None, entry: st
     if config is not None and config != saved:
       raise CheckpointError(f"{path} was converted for {saved}, not the requested {config}")
     params = checkpoint.restore_params(path)
-    return saved, jax.tree.map(lambda x: np.asarray(x).astype(dtype), params), info
+    return saved, jax.tree.map(lambda x: np.asarray(x).astype(dtype, copy=False), params), info
   config = config or network.find_config(path)
   if config is None:
     raise CheckpointError(f"{path} is not a converted checkpoint and has no config.json beside it: name the "
@@ -124,3 +124,13 @@ def load(kind: str, path: str | pathlib.Path, config=None, entry: str | None = N
 def load_wan(path, config: WanConfig | None = None, entry: str | None = None, dtype=np.float32):
   """(WanConfig, params) of a Wan DiT; see `load_with_source`."""
   return load("wan", path, config, entry, dtype)
+
+
+def to_device(params: dict) -> dict:
+  """Moves host params (nested dicts of arrays) onto the default device in place, leaf by leaf:
+  each host array is released as soon as its device copy exists, so the peak is one copy of the
+  params and a leaf, where `jax.tree.map(jnp.asarray, ...)` holds both trees (on CPU both are host
+  memory). Returns `params`, now of device arrays."""
+  for key, value in params.items():
+    params[key] = to_device(value) if isinstance(value, dict) else jax.device_put(value)
+  return params
