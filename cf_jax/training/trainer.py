@@ -58,7 +58,7 @@ def initial_params(network: Network, name: str, data: ml_collections.ConfigDict,
   none; placed with `shardings` when given."""
   if network.init:
     _, params = weights.load_wan(network.init, network.model.config, network.entry)
-    return jax.device_put(params, shardings) if shardings is not None else jax.device_put(params)
+    return weights.to_device(params, shardings)
   if jax.process_index() == 0:
     print(f"{name}: no init checkpoint set, random initialization")
   init = program_lib.init_fn(network, data)
