@@ -45,13 +45,21 @@ STAGES = [
 ]
 
 
-@pytest.mark.parametrize("name,loss_key", STAGES)
-def test_tiny_stage_trains_sharded_and_overfits_one_batch(name, loss_key, tmp_path):
-  c = tiny_config(name, num_steps=30, checkpoint_every=1000)
-  c.data.num_examples = c.batch_size  # one batch, seen every step
+def fast_learning(c):
+  """Learning rates that overfit one batch in 30 steps; for DMD also the generator's EMA from step
+  0. The resume tests use the same, so their updates are the overfit tests' programs (compiled
+  once; the rates and the EMA start are constants in them)."""
   c.optimizer.lr = 3e-3
   if "critic_optimizer" in c:
     c.critic_optimizer.lr = 3e-3
+    c.ema.start_step = 0
+  return c
+
+
+@pytest.mark.parametrize("name,loss_key", STAGES)
+def test_tiny_stage_trains_sharded_and_overfits_one_batch(name, loss_key, tmp_path):
+  c = fast_learning(tiny_config(name, num_steps=30, checkpoint_every=1000))
+  c.data.num_examples = c.batch_size  # one batch, seen every step
   trainer = Trainer(c, str(tmp_path))
   kernel = trainer.state.params["generator"]["blocks"]["ffn_0"]["kernel"]
   assert kernel.sharding.spec == P(None, "fsdp", "tensor")
@@ -73,9 +81,8 @@ def test_interrupted_run_resumes_exactly(tmp_path):
   """DMD (two networks, two updates, EMA, the rollout, the data order): 1 step, restart, 1 more
   step equals 2 steps bit for bit."""
   def config(steps):
-    c = tiny_config("dmd_chunkwise", num_steps=steps, checkpoint_every=1)
-    c.dmd.dfake_gen_update_ratio = 1
-    c.ema.start_step = 0
+    c = fast_learning(tiny_config("dmd_chunkwise", num_steps=steps, checkpoint_every=1))
+    c.dmd.dfake_gen_update_ratio = 1  # both updates every step
     return c
 
   straight = Trainer(config(2), str(tmp_path / "straight"))
@@ -88,7 +95,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
 
 
 def test_checkpoint_restores_onto_another_mesh(tmp_path):
-  c = tiny_config("ar_diffusion_chunkwise", num_steps=1)
+  c = fast_learning(tiny_config("ar_diffusion_chunkwise", num_steps=1))  # the overfit test's first program
   first = Trainer(c, str(tmp_path))
   first.run()
   c.mesh.update(data=1, fsdp=4, tensor=2)
