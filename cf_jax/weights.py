@@ -126,13 +126,13 @@ def load_wan(path, config: WanConfig | None = None, entry: str | None = None, dt
   return load("wan", path, config, entry, dtype)
 
 
-def to_device(params: dict, shardings: dict | None = None) -> dict:
-  """Moves host params (nested dicts of arrays) onto the default device, or placed by a matching
-  tree of `shardings`, in place and leaf by leaf: each host array is released as soon as its
-  device copy exists, so the peak is one copy of the params and a leaf, where
-  `jax.device_put(params)` holds both trees (on CPU both are host memory). Returns `params`,
-  now of device arrays."""
+def to_device(params: dict, shardings=None) -> dict:
+  """Moves host params (nested dicts of arrays) onto the default device, or placed by `shardings`
+  (one sharding for every leaf, or a tree of them with the params' keys), in place and leaf by
+  leaf: each host array is released as soon as its device copy exists, so the peak is one copy of
+  the params and a leaf, where `jax.device_put(params)` holds both trees (on CPU both are host
+  memory). Returns `params`, now of device arrays."""
   for key, value in params.items():
-    placement = None if shardings is None else shardings[key]
+    placement = shardings[key] if isinstance(shardings, dict) else shardings
     params[key] = to_device(value, placement) if isinstance(value, dict) else jax.device_put(value, placement)
   return params

@@ -28,3 +28,10 @@ def test_to_device_places_each_leaf_by_its_sharding():
   assert moved["blocks"]["kernel"].sharding == shardings["blocks"]["kernel"]
   assert moved["head"].sharding == shardings["head"]
   jax.tree.map(np.testing.assert_array_equal, moved, expected)
+
+
+def test_to_device_places_every_leaf_by_one_sharding():
+  replicated = NamedSharding(jax.make_mesh((8,), ("data",)), P())
+  moved = weights.to_device({"blocks": {"kernel": np.ones((2, 3), np.float32)}, "head": np.zeros(4, np.float32)},
+                            replicated)
+  assert all(x.sharding == replicated for x in jax.tree.leaves(moved))
