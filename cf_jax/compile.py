@@ -16,9 +16,11 @@ last line per update is
 
 or `... FAIL <reason>`. Each update compiles in its own process, so a compiler abort (SIGABRT)
 fails that update only; the exit status is non-zero if any update fails to compile or to fit.
+`--jobs N` runs N of those processes at once (their output is printed update by update).
 With --sampler the streaming sampler's per-block step (batch 1, one chip, the last block of a
 full cache) is compiled too.
 """
+import concurrent.futures
 import os
 import pathlib
 import subprocess
@@ -44,6 +46,9 @@ from cf_jax.training import program as program_lib  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config (configs/<stage>.py[:tiny]).")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:2x4x4, v6e:16x16, v6e:1x1.")
 _SAMPLER = flags.DEFINE_bool("sampler", False, "Also compile the streaming sampler's per-block step.")
+_JOBS = flags.DEFINE_integer("jobs", 1, lower_bound=1,
+                             help="Updates compiled at once, each child process on a core of its own (the TPU "
+                                  "compiler uses about one) and with its own compile's memory.")
 _ONLY = flags.DEFINE_string("only", None, "Compile this one update (or 'sampler') in this process; "
                             "used by the parent process, one child per update.")
 flags.mark_flags_as_required(["config", "topology"])
@@ -147,20 +152,21 @@ def compile_sampler(config, topology: str) -> bool:
   return report(name, topology, compiled, time.perf_counter() - start, analytic, 1)
 
 
-def run_child(name: str, topology: str) -> bool:
-  """One update in a child process; a compiler abort there becomes a FAIL line here."""
+def run_child(name: str, topology: str, stream: bool) -> tuple[bool, str]:
+  """One update in a child process; a compiler abort there becomes a FAIL line. Returns whether
+  it compiled and fit, and its output (empty when `stream`ed straight to this stdout)."""
   proc = subprocess.run([sys.executable, "-m", "cf_jax.compile", *sys.argv[1:], f"--only={name}"],
-                        stderr=subprocess.PIPE, text=True, check=False)
+                        stdout=None if stream else subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+  output = proc.stdout or ""
   if proc.returncode >= 0:
     if proc.returncode:
       sys.stderr.write(proc.stderr[-4000:])
-    return proc.returncode == 0
+    return proc.returncode == 0, output
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   reason = next((line for line in reversed(lines) if "Check failed" in line or line.startswith("F")), lines[-1] if lines else "")
   sys.stderr.write("\n".join(lines[-20:]) + "\n")
-  print(f"compile: {stage_name()}/{name} {topology} FAIL compiler killed by signal {-proc.returncode}: "
-        f"{reason.strip()[:300]}", flush=True)
-  return False
+  return False, output + (f"compile: {stage_name()}/{name} {topology} FAIL compiler killed by signal "
+                          f"{-proc.returncode}: {reason.strip()[:300]}\n")
 
 
 def main(argv):
@@ -176,7 +182,13 @@ def main(argv):
       sys.exit(1)
     sys.exit(0 if ok else 1)
   names = [u.name for u in program_lib.make_stage(config).updates] + ([SAMPLER] if _SAMPLER.value else [])
-  results = [run_child(name, topology) for name in names]
+  with concurrent.futures.ThreadPoolExecutor(_JOBS.value) as pool:
+    children = [pool.submit(run_child, name, topology, _JOBS.value == 1) for name in names]
+    results = []
+    for child in children:  # in the stage's order, each as soon as it and those before it are done
+      ok, output = child.result()
+      print(output, end="", flush=True)
+      results.append(ok)
   sys.exit(0 if all(results) else 1)
 
 
