@@ -71,14 +71,13 @@ def exported_generator(workdir):
 
 def test_sigterm_checkpoints_the_current_step_and_the_rerun_is_bitwise_equal(tmp_path):
   steps = ("--config.num_steps=16", "--config.checkpoint_every=1000")
-  straight = train(tmp_path / "straight", *steps)
-  assert finish(straight)[0] == 0
-
+  straight = train(tmp_path / "straight", *steps)  # the reference, beside the run (2 cores)
   run = train(tmp_path / "run", *steps)
   wait_for_rows(tmp_path / "run", 2, run)
   run.send_signal(signal.SIGTERM)
   code, out, err = finish(run)
   assert code == 0, err
+  assert finish(straight)[0] == 0
   stopped = len(metric_rows(tmp_path / "run"))  # one row per step, the stopped step included
   assert 3 <= stopped < 16
   assert f"stopped by a preemption signal at step {stopped}" in out
