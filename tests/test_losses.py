@@ -216,8 +216,7 @@ def test_scanned_rollout_equals_the_rollout_written_out(k, first, exits):
   steps = (1000.0, 833.3333) if first else (1000.0, 937.5, 833.3333, 625.0)
   key = jax.random.key(5)
 
-  @jax.jit
-  def unrolled(params):
+  def unrolled(params):  # op by op: jitted, its written-out graph compiles slower than it runs
     model, grid = gen.model, gen.grid
     text = wan.WanTextCache(CFG).apply({"params": params}, context)
     cache = rollout_lib.KVCache.create(text, noise.shape[1], CFG.tokens_per_frame(8, 8))
