@@ -23,8 +23,8 @@ class TextEncoder:
     self.config = config
     self.tokenizer = tokenizer
     model = t5.UMT5Encoder(config, dtype=dtype)
-    self._mesh = Mesh(np.array(jax.local_devices()), ("data",))
-    self._params = jax.device_put(params, NamedSharding(self._mesh, P()))
+    self._mesh = _local_mesh()
+    self._params = jax.device_put(params, NamedSharding(self._mesh, P()))  # no copy if `load` placed them
     self._batch_sharding = NamedSharding(self._mesh, P("data"))
     self._forward = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask))
 
@@ -33,6 +33,7 @@ class TextEncoder:
            dtype=jnp.float32) -> "TextEncoder":
     config = None if weights.is_params_checkpoint(t5_checkpoint) else weights.NETWORKS["t5"].preset(preset)
     config, params = weights.load("t5", t5_checkpoint, config)
+    params = weights.to_device(params, NamedSharding(_local_mesh(), P()))  # one copy at a time, not two trees
     return cls(config, params, UMT5Tokenizer(tokenizer_dir, seq_len), dtype)
 
   def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -44,3 +45,8 @@ class TextEncoder:
     ids, mask = (jax.device_put(a, self._batch_sharding) for a in (ids, mask))
     embeds = self._forward(self._params, ids, mask)
     return np.asarray(embeds[:n], np.float32), np.asarray(mask[:n]).sum(axis=1)
+
+
+def _local_mesh() -> Mesh:
+  """This host's devices, one data axis: the parameters replicated, each batch split over them."""
+  return Mesh(np.array(jax.local_devices()), ("data",))
