@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cf_jax import host_memory
 from cf_jax.diffusion import streaming
 from cf_jax.models import wan
 from cf_jax.models.config import WanConfig
@@ -113,6 +114,7 @@ def _train(iterations: int) -> dict:
 
 def _child(workload: str) -> None:
   jax.config.update("jax_default_matmul_precision", "highest")
+  host_memory.trim_after_compiles()  # as every cf_jax command-line tool
   result = {"sample": _sample, "train": _train}[workload](_ITERATIONS.value)
   result["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
   result["backend"] = _model().attention_backend  # 'auto' is blocksparse on CPU
@@ -123,7 +125,10 @@ def _run_child(workload: str) -> dict:
   argv = [sys.executable, __file__, f"--workload={workload}", f"--iterations={_ITERATIONS.value}"]
   if _ATTENTION.value is not None:
     argv.append(f"--attention={_ATTENTION.value}")
-  proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+  # The CPU backend only: with libtpu installed (the `tpu` extra, for AOT compiles), jax would
+  # also load and initialize it, 0.1 GB of RSS that no CPU-only install has.
+  env = os.environ | {"JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
   lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
   if proc.returncode or not lines:
     sys.exit(f"cpu_anchor: the {workload} subprocess failed:\n{proc.stderr[-4000:]}")

@@ -9,6 +9,7 @@ stderr and exits with status 1; any other exception is a bug and keeps its trace
 file and its `--config.key=value` overrides are checked before absl parses the flags, because
 ml_collections reports a missing file, an error in `get_config` or a misspelt key as a page of
 tracebacks. A `Stopped` run (a preemption signal) prints how to resume and exits with status 0.
+Every tool returns the compiler's freed heap to the OS after each compile (`host_memory`).
 """
 import difflib
 import sys
@@ -19,6 +20,7 @@ from absl import flags
 import jax
 import ml_collections
 
+from cf_jax import host_memory
 from cf_jax.errors import Stopped
 from cf_jax.errors import UserError
 from cf_jax.training import config as config_lib
@@ -39,6 +41,7 @@ def run(main: Callable[[list[str]], None], config_flag: str | None = None) -> No
       fail(str(e).splitlines()[0])
 
   def guarded(argv: list[str]) -> None:
+    host_memory.trim_after_compiles()
     try:
       main(argv)
     except UserError as e:
