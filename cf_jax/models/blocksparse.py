@@ -165,7 +165,8 @@ def _concat(parts):
 
 
 def _logits(q, k, kv_len):  # [..., Lq, Dh] × [..., Lk, Dh] -> [..., Lq, Lk] fp32
-  logits = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32) * q.shape[-1] ** -0.5
+  # Scaling the queries, not the logits: Lq·Dh multiplies instead of Lq·Lk.
+  logits = jnp.einsum("...qd,...kd->...qk", q * q.shape[-1] ** -0.5, k, preferred_element_type=jnp.float32)
   if kv_len is not None:  # [] or broadcastable to the logits' leading axes
     visible = jnp.arange(k.shape[-2]) < kv_len  # [..., Lk]
     logits = jnp.where(visible, logits, _MASKED)
@@ -182,7 +183,9 @@ def _forward(q, k, v, kv_len):
   peak = jnp.max(logits, axis=-1, keepdims=True)  # [B, H, Lq, 1]
   unnormalized = jnp.exp(logits - peak)
   total = jnp.sum(unnormalized, axis=-1, keepdims=True)
-  out = jnp.einsum("...qk,...kd->...qd", (unnormalized / total).astype(v.dtype), v)  # [B, H, Lq, Dh]
+  # Normalized after PV: Lq·Dh divisions instead of Lq·Lk.
+  out = (jnp.einsum("...qk,...kd->...qd", unnormalized.astype(v.dtype), v, preferred_element_type=jnp.float32)
+         / total).astype(v.dtype)  # [B, H, Lq, Dh]
   lse = peak + jnp.log(total)  # [B, H, Lq, 1] fp32
   return out, (q, k, v, kv_len, out, lse)
 
